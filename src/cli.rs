@@ -1,0 +1,115 @@
+//! Command-line interface (PRODUCT.md §1). `serve` is the default when no subcommand is given.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, ConfigError, LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cloudmap-dns",
+    version,
+    about = "AWS Cloud Map service discovery answered by plain DNS, with an embedded Cloud Map-compatible registry",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Validate a config file, print the effective config, exit 0 (valid) or 1.
+    CheckConfig {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Default, Args)]
+pub struct ServeArgs {
+    /// TOML config file (annotated example: conf/cloudmap-dns.toml)
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Embedded registry storage [default: ./cloudmap-data]
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The embedded registry's Cloud Map JSON API, loopback only [default: 127.0.0.1:8787]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub api_listen: Option<SocketAddr>,
+    /// AWS region the registry answers as [default: us-east-1]
+    #[arg(long, value_name = "REGION")]
+    pub region: Option<String>,
+    /// Delay before a custom health status change takes effect (AWS: about 30000) [default: 0]
+    #[arg(long, value_name = "MS")]
+    pub custom_health_delay_ms: Option<u64>,
+    /// Seed a namespace `demo` with a service `orders` and two instances
+    #[arg(long)]
+    pub demo: bool,
+    /// Log format [default: text]
+    #[arg(long, value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log level or tracing filter [default: info]
+    #[arg(long, value_name = "LEVEL")]
+    pub log_level: Option<String>,
+}
+
+impl ServeArgs {
+    /// The config file (or the defaults) with these flags laid over it, validated.
+    pub fn load_config(&self) -> Result<Config, ConfigError> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None => Config::default(),
+        };
+        if let Some(v) = &self.data_dir {
+            config.data_dir = v.clone();
+        }
+        if let Some(v) = self.api_listen {
+            config.registry.api_listen = v;
+        }
+        if let Some(v) = &self.region {
+            config.region = v.clone();
+        }
+        if let Some(v) = self.custom_health_delay_ms {
+            config.registry.custom_health_delay_ms = v;
+        }
+        if let Some(v) = self.log_format {
+            config.log.format = v;
+        }
+        if let Some(v) = &self.log_level {
+            config.log.level = v.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serve_is_the_default_and_flags_override() {
+        let cli = Cli::parse_from(["cloudmap-dns", "--api-listen", "127.0.0.1:9999", "--demo"]);
+        assert!(cli.command.is_none());
+        assert!(cli.serve.demo);
+        let config = cli.serve.load_config().unwrap();
+        assert_eq!(config.registry.api_listen.port(), 9999);
+
+        let cli = Cli::parse_from(["cloudmap-dns", "serve", "--region", "eu-west-1"]);
+        let Some(Command::Serve(args)) = cli.command else { panic!("expected serve") };
+        assert_eq!(args.load_config().unwrap().region, "eu-west-1");
+    }
+
+    #[test]
+    fn invalid_flags_fail_validation() {
+        let cli = Cli::parse_from(["cloudmap-dns", "--api-listen", "0.0.0.0:8787"]);
+        assert!(matches!(cli.serve.load_config(), Err(ConfigError::Invalid(_))));
+    }
+}

@@ -1,0 +1,16 @@
+//! cloudmap-dns: AWS Cloud Map service discovery answered by plain DNS.
+//!
+//! A map of the crate, in the order data flows:
+//!
+//! - [`cli`] and [`config`]: flags and the TOML file, merged and validated once at start.
+//! - [`app`]: start-up in two phases (open and bind, then serve) and shutdown on SIGINT/SIGTERM.
+//! - [`registry`]: the embedded Cloud Map-compatible registry: its JSON 1.1 API (`registry::api`),
+//!   its durable SQLite store, validation as AWS documents it, and the in-process discovery calls
+//!   the DNS side reads from.
+//! - [`demo`]: the `--demo` seed data.
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod registry;

@@ -1,0 +1,217 @@
+//! The embedded Cloud Map-compatible registry.
+//!
+//! It owns namespaces, services, instances, operations and tags, stored durably in SQLite
+//! (`store`), validated as AWS documents (`validate`), and spoken to over AWS's JSON 1.1 protocol
+//! (`api`). The DNS side reads it in process through the same operations the API serves
+//! (`discover_instances`, `discover_instances_revision`); nothing here knows about DNS.
+//!
+//! Every operation is a synchronous method that runs one SQLite transaction; async callers run them
+//! on the blocking pool (`Registry::call`). Writes are serialised by the connection's mutex and
+//! acknowledged only after commit.
+
+pub mod api;
+mod error;
+mod ids;
+mod instances;
+mod namespaces;
+mod operations;
+mod paging;
+mod services;
+pub mod shapes;
+mod store;
+mod tags;
+mod validate;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+pub use error::{RegistryError, Result};
+pub use ids::Identity;
+pub use namespaces::NamespaceKind;
+pub use instances::{DiscoverOutput, HealthFilter};
+pub use store::StoreError;
+
+/// Cloud Map's documented default quotas (all but the attribute count are adjustable in AWS, so
+/// they are settings here).
+#[derive(Debug, Clone)]
+pub struct Quotas {
+    pub namespaces: i64,
+    pub instances_per_namespace: i64,
+    pub instances_per_service: i64,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas { namespaces: 50, instances_per_namespace: 2000, instances_per_service: 1000 }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RegistrySettings {
+    pub identity: Identity,
+    /// How long an UpdateInstanceCustomHealthStatus waits before it takes effect. AWS waits about
+    /// 30 s; the default here is zero so local work sees changes at once.
+    pub custom_health_delay: Duration,
+    pub quotas: Quotas,
+}
+
+impl Default for RegistrySettings {
+    fn default() -> Self {
+        RegistrySettings {
+            identity: Identity {
+                partition: "aws".into(),
+                region: "us-east-1".into(),
+                account: "123456789012".into(),
+            },
+            custom_health_delay: Duration::ZERO,
+            quotas: Quotas::default(),
+        }
+    }
+}
+
+/// Seconds since the epoch, as Cloud Map's timestamps are (millisecond precision).
+pub type Clock = Arc<dyn Fn() -> f64 + Send + Sync>;
+
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+        (d.as_millis() as f64) / 1000.0
+    })
+}
+
+/// A handle to the registry; cheap to clone and share.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Mutex<store::Store>,
+    settings: RegistrySettings,
+    clock: Clock,
+    /// Wakes the task that applies delayed custom health changes when a new one is scheduled.
+    health_changed: tokio::sync::Notify,
+}
+
+/// What an operation sees besides the database: the time of the request and the settings.
+pub(crate) struct Ctx<'a> {
+    pub now: f64,
+    pub settings: &'a RegistrySettings,
+}
+
+impl Ctx<'_> {
+    pub fn identity(&self) -> &Identity {
+        &self.settings.identity
+    }
+}
+
+impl Registry {
+    /// Opens the registry stored under `data_dir`, refusing a corrupt, foreign or locked one.
+    pub fn open(data_dir: &Path, settings: RegistrySettings) -> Result<Registry, StoreError> {
+        Self::open_with_clock(data_dir, settings, system_clock())
+    }
+
+    pub fn open_with_clock(
+        data_dir: &Path,
+        settings: RegistrySettings,
+        clock: Clock,
+    ) -> Result<Registry, StoreError> {
+        let store = store::Store::open(data_dir)?;
+        Ok(Registry {
+            inner: Arc::new(Inner {
+                store: Mutex::new(store),
+                settings,
+                clock,
+                health_changed: tokio::sync::Notify::new(),
+            }),
+        })
+    }
+
+    pub fn settings(&self) -> &RegistrySettings {
+        &self.inner.settings
+    }
+
+    /// Runs a registry operation on the blocking pool, so SQLite's fsync never stalls the runtime.
+    pub async fn call<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Registry) -> Result<T> + Send + 'static,
+    {
+        let registry = self.clone();
+        match tokio::task::spawn_blocking(move || op(&registry)).await {
+            Ok(result) => result,
+            Err(join) => Err(RegistryError::Internal(format!("registry task failed: {join}"))),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, store::Store> {
+        // A panic while holding the lock cannot leave a half-applied write (the transaction was not
+        // committed), so a poisoned lock is safe to keep using.
+        self.inner.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn ctx(&self) -> Ctx<'_> {
+        Ctx { now: (self.inner.clock)(), settings: &self.inner.settings }
+    }
+
+    /// Runs `f` in one immediate transaction, committed before returning: all or nothing.
+    pub(crate) fn write<T>(&self, f: impl FnOnce(&Connection, &Ctx) -> Result<T>) -> Result<T> {
+        let mut store = self.lock();
+        let ctx = self.ctx();
+        let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx, &ctx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection, &Ctx) -> Result<T>) -> Result<T> {
+        let store = self.lock();
+        let ctx = self.ctx();
+        f(&store.conn, &ctx)
+    }
+
+    /// Applies delayed custom health changes that are due, and says when the next one is.
+    pub fn apply_due_health(&self) -> Result<Option<f64>> {
+        self.write(|tx, ctx| {
+            tx.execute(
+                "UPDATE instances SET health = pending_health, pending_health = NULL, pending_health_at = NULL
+                 WHERE pending_health_at IS NOT NULL AND pending_health_at <= ?1",
+                [ctx.now],
+            )?;
+            Ok(tx
+                .query_row("SELECT min(pending_health_at) FROM instances", [], |r| {
+                    r.get::<_, Option<f64>>(0)
+                })
+                .optional()?
+                .flatten())
+        })
+    }
+
+    /// Keeps delayed custom health changes moving: persists each one when it falls due, so the
+    /// stored state matches what DiscoverInstances already reports.
+    pub async fn run_health_timer(self) {
+        loop {
+            let next = match self.call(|r| r.apply_due_health()).await {
+                Ok(next) => next,
+                Err(e) => {
+                    tracing::warn!(error = %e, "applying delayed health changes failed; retrying");
+                    Some((self.inner.clock)() + 1.0)
+                }
+            };
+            let notified = self.inner.health_changed.notified();
+            match next {
+                Some(at) => {
+                    let wait = (at - (self.inner.clock)()).max(0.0) + 0.001;
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs_f64(wait)) => {}
+                        _ = notified => {}
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+}
