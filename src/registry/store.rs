@@ -163,7 +163,7 @@ pub fn next_revision(tx: &Connection) -> rusqlite::Result<i64> {
 
 #[cfg(test)]
 fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'schema_version'", params![], |r| {
+    conn.query_row("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'schema_version'", [], |r| {
         r.get(0)
     })
 }

@@ -1,0 +1,157 @@
+//! Test harness: runs the real `cloudmap-dns` binary on ephemeral loopback ports (the addresses are
+//! read from its `listening for ... on ADDR` log lines) and builds Cloud Map clients for it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_servicediscovery as sd;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_cloudmap-dns");
+
+/// A running cloudmap-dns; killed when dropped.
+pub struct Server {
+    pub child: Child,
+    pub api: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Every line the server logged so far.
+    pub log: Arc<Mutex<Vec<String>>>,
+    _tmp: Option<tempfile::TempDir>,
+}
+
+impl Server {
+    /// Starts a server with a fresh data dir.
+    pub fn start(extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("data");
+        let mut server = Server::start_in(&dir, extra).expect("server starts");
+        server._tmp = Some(tmp);
+        server
+    }
+
+    /// Starts a server on `data_dir`; `Err` holds its output if it exits before listening.
+    pub fn start_in(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .args(["--api-listen", "127.0.0.1:0", "--log-level", "info"])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn cloudmap-dns");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening for Cloud Map API on ").nth(1) {
+                    let addr = addr.split_whitespace().next().unwrap_or_default();
+                    let _ = tx.send(addr.parse::<SocketAddr>().ok());
+                }
+                sink.lock().unwrap().push(line);
+            }
+            let _ = tx.send(None);
+        });
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(Some(api)) => Ok(Server { child, api, data_dir: data_dir.to_path_buf(), log, _tmp: None }),
+            _ => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                std::thread::sleep(Duration::from_millis(100));
+                Err(format!("exit {status:?}; log:\n{}", log.lock().unwrap().join("\n")))
+            }
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.api)
+    }
+
+    pub fn client(&self) -> sd::Client {
+        client(&self.endpoint())
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// aws-sdk-servicediscovery sends DiscoverInstances and DiscoverInstancesRevision to
+/// `data-<host>`; with a custom endpoint that name does not resolve, so strip the prefix.
+#[derive(Debug)]
+struct StripDataHostPrefix;
+
+impl Intercept for StripDataHostPrefix {
+    fn name(&self) -> &'static str {
+        "StripDataHostPrefix"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let request = context.request_mut();
+        let uri = request.uri().to_string();
+        if let Some(rest) = uri.strip_prefix("http://data-") {
+            request.set_uri(format!("http://{rest}"))?;
+        }
+        Ok(())
+    }
+}
+
+pub fn client(endpoint: &str) -> sd::Client {
+    let config = sd::Config::builder()
+        .behavior_version(sd::config::BehaviorVersion::latest())
+        .region(sd::config::Region::new("us-east-1"))
+        .credentials_provider(sd::config::Credentials::new("test", "test", None, None, "tests"))
+        .endpoint_url(endpoint)
+        .interceptor(StripDataHostPrefix)
+        .build();
+    sd::Client::from_conf(config)
+}
+
+/// The AWS error code (`__type`) of a failed SDK call.
+pub fn code<E, R>(err: &sd::error::SdkError<E, R>) -> String
+where
+    E: sd::error::ProvideErrorMetadata,
+{
+    use sd::error::ProvideErrorMetadata;
+    err.code().unwrap_or("<no code>").to_string()
+}
+
+pub fn message<E, R>(err: &sd::error::SdkError<E, R>) -> String
+where
+    E: sd::error::ProvideErrorMetadata,
+{
+    use sd::error::ProvideErrorMetadata;
+    err.message().unwrap_or("").to_string()
+}
