@@ -18,10 +18,7 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     let registry = Registry::open(&config.data_dir, config.registry_settings())
         .context("cannot open the embedded registry")?;
     if options.demo {
-        registry
-            .call(|r| crate::demo::seed(r))
-            .await
-            .context("cannot seed the demo namespace")?;
+        registry.call(crate::demo::seed).await.context("cannot seed the demo namespace")?;
     }
     let api = TcpListener::bind(config.registry.api_listen)
         .await

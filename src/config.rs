@@ -220,6 +220,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::field_reassign_with_default)]
     fn every_problem_is_reported_with_its_key() {
         let mut c = Config::default();
         c.region = "Not A Region".into();
@@ -230,7 +231,13 @@ mod tests {
         let keys: Vec<String> = c.problems().into_iter().map(|p| p.key).collect();
         assert_eq!(
             keys,
-            ["region", "registry.api_listen", "registry.account_id", "registry.quotas.namespaces", "log.level"]
+            [
+                "region",
+                "registry.api_listen",
+                "registry.account_id",
+                "registry.quotas.namespaces",
+                "log.level"
+            ]
         );
     }
 

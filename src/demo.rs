@@ -41,15 +41,11 @@ pub fn seed(registry: &Registry) -> Result<(), RegistryError> {
         Err(e) => return Err(e),
     };
     for (id, ip, az) in [("orders-1", "10.0.1.10", "use1-az1"), ("orders-2", "10.0.2.10", "use1-az2")] {
-        let attributes = [
-            ("AWS_INSTANCE_IPV4", ip),
-            ("AWS_INSTANCE_PORT", "8080"),
-            ("version", "v1"),
-            ("az", az),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+        let attributes =
+            [("AWS_INSTANCE_IPV4", ip), ("AWS_INSTANCE_PORT", "8080"), ("version", "v1"), ("az", az)]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
         registry.register_instance(RegisterInstanceRequest {
             service_id: Some(service_id.clone()),
             instance_id: Some(id.into()),
@@ -64,9 +60,11 @@ fn find_namespace(registry: &Registry) -> Result<Option<String>, RegistryError> 
     let mut token = None;
     loop {
         let page = registry.list_namespaces(ListRequest { next_token: token, ..Default::default() })?;
-        let found = page["Namespaces"].as_array().into_iter().flatten().find(|ns| {
-            ns["Name"] == NAMESPACE && ns["Type"] == "HTTP"
-        });
+        let found = page["Namespaces"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|ns| ns["Name"] == NAMESPACE && ns["Type"] == "HTTP");
         if let Some(ns) = found {
             return Ok(ns["Id"].as_str().map(str::to_string));
         }

@@ -9,6 +9,8 @@
 //!   the DNS side reads from.
 //! - [`demo`]: the `--demo` seed data.
 
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 use aws_sdk_servicediscovery as sd;
 use common::{Server, code, message};
 use sd::types::{
-    DnsConfig, DnsRecord, FilterCondition, HealthCheckConfig, HealthCheckCustomConfig,
-    HealthCheckType, HealthStatusFilter, NamespaceFilter, NamespaceFilterName, OperationFilter,
-    OperationFilterName, PrivateDnsNamespaceProperties, PrivateDnsPropertiesMutable, RecordType,
-    RoutingPolicy, ServiceFilter, ServiceFilterName, Soa, Tag,
+    DnsConfig, DnsRecord, FilterCondition, HealthCheckConfig, HealthCheckCustomConfig, HealthCheckType,
+    HealthStatusFilter, NamespaceFilter, NamespaceFilterName, OperationFilter, OperationFilterName,
+    PrivateDnsNamespaceProperties, PrivateDnsPropertiesMutable, RecordType, RoutingPolicy, ServiceFilter,
+    ServiceFilterName, Soa, Tag,
 };
 
 async fn http_namespace(c: &sd::Client, name: &str) -> String {
@@ -50,7 +50,12 @@ async fn register(c: &sd::Client, svc: &str, id: &str, pairs: &[(&str, &str)]) -
     out.operation_id().unwrap().to_string()
 }
 
-async fn discover(c: &sd::Client, ns: &str, svc: &str, health: Option<HealthStatusFilter>) -> BTreeSet<String> {
+async fn discover(
+    c: &sd::Client,
+    ns: &str,
+    svc: &str,
+    health: Option<HealthStatusFilter>,
+) -> BTreeSet<String> {
     let out = c
         .discover_instances()
         .namespace_name(ns)
@@ -126,7 +131,9 @@ async fn namespaces_lifecycle_and_operations() {
         .await
         .unwrap();
     let private_op = c.get_operation().operation_id(private.operation_id().unwrap()).send().await.unwrap();
-    let private_id = private_op.operation().unwrap().targets().unwrap()[&sd::types::OperationTargetType::Namespace].clone();
+    let private_id = private_op.operation().unwrap().targets().unwrap()
+        [&sd::types::OperationTargetType::Namespace]
+        .clone();
     let p = c.get_namespace().id(&private_id).send().await.unwrap();
     let dns = p.namespace().unwrap().properties().unwrap().dns_properties().unwrap();
     assert!(dns.hosted_zone_id().unwrap().starts_with('Z'));
@@ -138,7 +145,9 @@ async fn namespaces_lifecycle_and_operations() {
     assert_eq!(names, BTreeSet::from(["shop", "corp.internal", "example.com"]));
     let private_only = c
         .list_namespaces()
-        .filters(NamespaceFilter::builder().name(NamespaceFilterName::Type).values("DNS_PRIVATE").build().unwrap())
+        .filters(
+            NamespaceFilter::builder().name(NamespaceFilterName::Type).values("DNS_PRIVATE").build().unwrap(),
+        )
         .send()
         .await
         .unwrap();
@@ -160,7 +169,14 @@ async fn namespaces_lifecycle_and_operations() {
     assert_eq!(begins.namespaces().len(), 1);
     let in_err = c
         .list_namespaces()
-        .filters(NamespaceFilter::builder().name(NamespaceFilterName::Type).condition(FilterCondition::In).values("HTTP").build().unwrap())
+        .filters(
+            NamespaceFilter::builder()
+                .name(NamespaceFilterName::Type)
+                .condition(FilterCondition::In)
+                .values("HTTP")
+                .build()
+                .unwrap(),
+        )
         .send()
         .await
         .unwrap_err();
@@ -228,7 +244,14 @@ async fn services_lifecycle_and_errors() {
     // DNS names are case-insensitive, so a DNS namespace refuses names differing only by case.
     let dup = c.create_service().name("API").namespace_id(&ns).dns_config(dns(10)).send().await.unwrap_err();
     assert_eq!(code(&dup), "ServiceAlreadyExists");
-    let err = c.create_service().name("x").namespace_id("ns-doesnotexist0000").dns_config(dns(1)).send().await.unwrap_err();
+    let err = c
+        .create_service()
+        .name("x")
+        .namespace_id("ns-doesnotexist0000")
+        .dns_config(dns(1))
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), "NamespaceNotFound");
     let err = c
         .create_service()
@@ -247,11 +270,19 @@ async fn services_lifecycle_and_errors() {
     let err = c.create_service().name("cn").namespace_id(&ns).dns_config(cname).send().await.unwrap_err();
     assert_eq!(code(&err), "InvalidInput");
     assert!(message(&err).contains("WEIGHTED"), "{}", message(&err));
-    let err = c.create_service().name("bad name!").namespace_id(&ns).dns_config(dns(1)).send().await.unwrap_err();
+    let err =
+        c.create_service().name("bad name!").namespace_id(&ns).dns_config(dns(1)).send().await.unwrap_err();
     assert_eq!(code(&err), "InvalidInput");
     assert!(message(&err).contains("Name"));
 
-    let other = c.create_service().name("web").namespace_id(&ns).r#type(sd::types::ServiceTypeOption::Http).send().await.unwrap();
+    let other = c
+        .create_service()
+        .name("web")
+        .namespace_id(&ns)
+        .r#type(sd::types::ServiceTypeOption::Http)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(other.service().unwrap().r#type(), Some(&sd::types::ServiceType::Http));
     let listed = c
         .list_services()
@@ -342,14 +373,36 @@ async fn instances_health_and_discovery() {
     let svc = custom_health_service(&c, &ns, "web").await;
 
     let r0 = revision(&c, "lab", "web").await;
-    let op = register(&c, &svc, "web-1", &[("AWS_INSTANCE_IPV4", "10.0.0.11"), ("AWS_INSTANCE_PORT", "8080"), ("version", "v1"), ("az", "use1-az1")]).await;
+    let op = register(
+        &c,
+        &svc,
+        "web-1",
+        &[
+            ("AWS_INSTANCE_IPV4", "10.0.0.11"),
+            ("AWS_INSTANCE_PORT", "8080"),
+            ("version", "v1"),
+            ("az", "use1-az1"),
+        ],
+    )
+    .await;
     let op = c.get_operation().operation_id(op).send().await.unwrap();
     let op = op.operation().unwrap();
     assert_eq!(op.r#type(), Some(&sd::types::OperationType::RegisterInstance));
     assert_eq!(op.targets().unwrap()[&sd::types::OperationTargetType::Instance], "web-1");
     let r1 = revision(&c, "lab", "web").await;
     assert_ne!(r1, r0, "RegisterInstance moves the revision");
-    register(&c, &svc, "web-2", &[("AWS_INSTANCE_IPV4", "10.0.0.12"), ("AWS_INSTANCE_PORT", "8080"), ("version", "v2"), ("az", "use1-az2")]).await;
+    register(
+        &c,
+        &svc,
+        "web-2",
+        &[
+            ("AWS_INSTANCE_IPV4", "10.0.0.12"),
+            ("AWS_INSTANCE_PORT", "8080"),
+            ("version", "v2"),
+            ("az", "use1-az2"),
+        ],
+    )
+    .await;
     let r2 = revision(&c, "lab", "web").await;
     assert_ne!(r2, r1);
 
@@ -377,11 +430,26 @@ async fn instances_health_and_discovery() {
     assert_eq!(v2.instances()[0].health_status(), Some(&sd::types::HealthStatus::Healthy));
     assert_eq!(v2.instances_revision(), Some(r2));
     // OptionalParameters narrow only when something matches them.
-    let opt = c.discover_instances().namespace_name("lab").service_name("web").optional_parameters("az", "use1-az1").send().await.unwrap();
+    let opt = c
+        .discover_instances()
+        .namespace_name("lab")
+        .service_name("web")
+        .optional_parameters("az", "use1-az1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(opt.instances().len(), 1);
-    let opt = c.discover_instances().namespace_name("lab").service_name("web").optional_parameters("az", "nowhere").send().await.unwrap();
+    let opt = c
+        .discover_instances()
+        .namespace_name("lab")
+        .service_name("web")
+        .optional_parameters("az", "nowhere")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(opt.instances().len(), 2);
-    let one = c.discover_instances().namespace_name("lab").service_name("web").max_results(1).send().await.unwrap();
+    let one =
+        c.discover_instances().namespace_name("lab").service_name("web").max_results(1).send().await.unwrap();
     assert_eq!(one.instances().len(), 1);
 
     c.update_instance_custom_health_status()
@@ -398,19 +466,45 @@ async fn instances_health_and_discovery() {
     assert_eq!(discover(&c, "lab", "web", None).await, set(&["web-2"]), "HEALTHY is the default");
     assert_eq!(revision(&c, "lab", "web").await, r2, "health changes do not move the revision");
     let health = c.get_instances_health_status().service_id(&svc).send().await.unwrap();
-    let status: BTreeMap<_, _> = health.status().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().to_string())).collect();
-    assert_eq!(status, BTreeMap::from([("web-1".into(), "UNHEALTHY".into()), ("web-2".into(), "HEALTHY".into())]));
+    let status: BTreeMap<_, _> =
+        health.status().unwrap().iter().map(|(k, v)| (k.clone(), v.as_str().to_string())).collect();
+    assert_eq!(
+        status,
+        BTreeMap::from([("web-1".into(), "UNHEALTHY".into()), ("web-2".into(), "HEALTHY".into())])
+    );
     let only = c.get_instances_health_status().service_id(&svc).instances("web-2").send().await.unwrap();
     assert_eq!(only.status().unwrap().len(), 1);
 
-    c.update_instance_custom_health_status().service_id(&svc).instance_id("web-2").status(sd::types::CustomHealthStatus::Unhealthy).send().await.unwrap();
+    c.update_instance_custom_health_status()
+        .service_id(&svc)
+        .instance_id("web-2")
+        .status(sd::types::CustomHealthStatus::Unhealthy)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(discover(&c, "lab", "web", Some(HealthStatusFilter::Healthy)).await, set(&[]));
-    assert_eq!(discover(&c, "lab", "web", Some(HealthStatusFilter::HealthyOrElseAll)).await, set(&["web-1", "web-2"]), "fails open");
-    c.update_instance_custom_health_status().service_id(&svc).instance_id("web-1").status(sd::types::CustomHealthStatus::Healthy).send().await.unwrap();
+    assert_eq!(
+        discover(&c, "lab", "web", Some(HealthStatusFilter::HealthyOrElseAll)).await,
+        set(&["web-1", "web-2"]),
+        "fails open"
+    );
+    c.update_instance_custom_health_status()
+        .service_id(&svc)
+        .instance_id("web-1")
+        .status(sd::types::CustomHealthStatus::Healthy)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(discover(&c, "lab", "web", Some(HealthStatusFilter::Healthy)).await, set(&["web-1"]));
 
     // Re-registering an id updates it in place and moves the revision.
-    register(&c, &svc, "web-1", &[("AWS_INSTANCE_IPV4", "10.0.0.21"), ("AWS_INSTANCE_PORT", "8080"), ("version", "v3")]).await;
+    register(
+        &c,
+        &svc,
+        "web-1",
+        &[("AWS_INSTANCE_IPV4", "10.0.0.21"), ("AWS_INSTANCE_PORT", "8080"), ("version", "v3")],
+    )
+    .await;
     let listed = c.list_instances().service_id(&svc).send().await.unwrap();
     assert_eq!(listed.instances().len(), 2);
     assert_eq!(listed.instances()[0].attributes().unwrap()["AWS_INSTANCE_IPV4"], "10.0.0.21");
@@ -425,13 +519,27 @@ async fn instances_health_and_discovery() {
     assert_eq!(code(&err), "InstanceNotFound");
     let err = c.deregister_instance().service_id(&svc).instance_id("web-2").send().await.unwrap_err();
     assert_eq!(code(&err), "InstanceNotFound");
-    let err = c.update_instance_custom_health_status().service_id(&svc).instance_id("web-2").status(sd::types::CustomHealthStatus::Healthy).send().await.unwrap_err();
+    let err = c
+        .update_instance_custom_health_status()
+        .service_id(&svc)
+        .instance_id("web-2")
+        .status(sd::types::CustomHealthStatus::Healthy)
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), "InstanceNotFound");
     let err = c.discover_instances().namespace_name("nope").service_name("web").send().await.unwrap_err();
     assert_eq!(code(&err), "NamespaceNotFound");
     let err = c.discover_instances().namespace_name("lab").service_name("nope").send().await.unwrap_err();
     assert_eq!(code(&err), "ServiceNotFound");
-    let err = c.register_instance().service_id("srv-none").instance_id("x").attributes("a", "b").send().await.unwrap_err();
+    let err = c
+        .register_instance()
+        .service_id("srv-none")
+        .instance_id("x")
+        .attributes("a", "b")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), "ServiceNotFound");
 }
 
@@ -440,9 +548,27 @@ async fn health_filter_is_ignored_without_a_health_check() {
     let server = Server::start(&[]);
     let c = server.client();
     let ns = http_namespace(&c, "plain").await;
-    let svc = c.create_service().name("db").namespace_id(&ns).send().await.unwrap().service().unwrap().id().unwrap().to_string();
+    let svc = c
+        .create_service()
+        .name("db")
+        .namespace_id(&ns)
+        .send()
+        .await
+        .unwrap()
+        .service()
+        .unwrap()
+        .id()
+        .unwrap()
+        .to_string();
     register(&c, &svc, "db-1", &[("AWS_INSTANCE_IPV4", "10.1.0.1")]).await;
-    let out = c.discover_instances().namespace_name("plain").service_name("db").health_status(HealthStatusFilter::Unhealthy).send().await.unwrap();
+    let out = c
+        .discover_instances()
+        .namespace_name("plain")
+        .service_name("db")
+        .health_status(HealthStatusFilter::Unhealthy)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(out.instances().len(), 1);
     assert_eq!(out.instances()[0].health_status().map(|h| h.as_str()), Some("UNKNOWN"));
     let err = c
@@ -479,7 +605,19 @@ async fn register_instance_validation() {
         .dns_records(DnsRecord::builder().r#type(RecordType::Srv).ttl(5).build().unwrap())
         .build()
         .unwrap();
-    let svc = c.create_service().name("s").namespace_id(&ns).dns_config(dns).send().await.unwrap().service().unwrap().id().unwrap().to_string();
+    let svc = c
+        .create_service()
+        .name("s")
+        .namespace_id(&ns)
+        .dns_config(dns)
+        .send()
+        .await
+        .unwrap()
+        .service()
+        .unwrap()
+        .id()
+        .unwrap()
+        .to_string();
 
     let many: Vec<(String, String)> = (0..31).map(|i| (format!("k{i}"), "v".to_string())).collect();
     let mut many_attrs: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -488,25 +626,57 @@ async fn register_instance_validation() {
     let big: Vec<(String, String)> = (0..6).map(|i| (format!("big{i}"), "y".repeat(1000))).collect();
     let mut big_attrs: Vec<(&str, &str)> = big.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     big_attrs.extend([("AWS_INSTANCE_IPV4", "10.0.0.1"), ("AWS_INSTANCE_PORT", "80")]);
-    let cases: Vec<(&str, Vec<(&str, &str)>, &str)> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
         ("i-1", vec![("AWS_INSTANCE_IPV4", "10.0.0.300"), ("AWS_INSTANCE_PORT", "80")], "AWS_INSTANCE_IPV4"),
-        ("i-1", vec![("AWS_INSTANCE_IPV4", "10.0.0.1"), ("AWS_INSTANCE_PORT", "80"), ("AWS_INSTANCE_IPV6", "nope")], "AWS_INSTANCE_IPV6"),
+        (
+            "i-1",
+            vec![
+                ("AWS_INSTANCE_IPV4", "10.0.0.1"),
+                ("AWS_INSTANCE_PORT", "80"),
+                ("AWS_INSTANCE_IPV6", "nope"),
+            ],
+            "AWS_INSTANCE_IPV6",
+        ),
         ("i-1", vec![("AWS_INSTANCE_IPV4", "10.0.0.1"), ("AWS_INSTANCE_PORT", "70000")], "AWS_INSTANCE_PORT"),
         ("i-1", vec![("AWS_INSTANCE_PORT", "80")], "AWS_INSTANCE_IPV4"),
         ("i-1", vec![("AWS_INSTANCE_IPV4", "10.0.0.1")], "AWS_INSTANCE_PORT"),
-        ("i-1", vec![("AWS_INSTANCE_IPV4", "10.0.0.1"), ("AWS_INSTANCE_PORT", "80"), ("AWS_FOO", "1")], "AWS_FOO"),
-        ("i-1", vec![("AWS_INSTANCE_IPV4", "10.0.0.1"), ("AWS_INSTANCE_PORT", "80"), ("k", " leading")], "'k'"),
-        ("i-1", vec![("AWS_INSTANCE_IPV4", "10.0.0.1"), ("AWS_INSTANCE_PORT", "80"), ("k", long.as_str())], "'k'"),
+        (
+            "i-1",
+            vec![("AWS_INSTANCE_IPV4", "10.0.0.1"), ("AWS_INSTANCE_PORT", "80"), ("AWS_FOO", "1")],
+            "AWS_FOO",
+        ),
+        (
+            "i-1",
+            vec![("AWS_INSTANCE_IPV4", "10.0.0.1"), ("AWS_INSTANCE_PORT", "80"), ("k", " leading")],
+            "'k'",
+        ),
+        (
+            "i-1",
+            vec![("AWS_INSTANCE_IPV4", "10.0.0.1"), ("AWS_INSTANCE_PORT", "80"), ("k", long.as_str())],
+            "'k'",
+        ),
         ("i-1", many_attrs, "31 custom attributes"),
         ("i-1", big_attrs, "total"),
         ("bad id!", vec![("AWS_INSTANCE_IPV4", "10.0.0.1"), ("AWS_INSTANCE_PORT", "80")], "InstanceId"),
     ];
     for (id, pairs, needle) in cases {
-        let err = c.register_instance().service_id(&svc).instance_id(id).set_attributes(Some(attrs(&pairs))).send().await.unwrap_err();
+        let err = c
+            .register_instance()
+            .service_id(&svc)
+            .instance_id(id)
+            .set_attributes(Some(attrs(&pairs)))
+            .send()
+            .await
+            .unwrap_err();
         assert_eq!(code(&err), "InvalidInput", "{needle}");
         assert!(message(&err).contains(needle), "message {:?} should name {needle}", message(&err));
     }
-    assert_eq!(c.list_instances().service_id(&svc).send().await.unwrap().instances().len(), 0, "nothing was registered");
+    assert_eq!(
+        c.list_instances().service_id(&svc).send().await.unwrap().instances().len(),
+        0,
+        "nothing was registered"
+    );
     register(&c, &svc, "i-1", &[("AWS_INSTANCE_IPV4", "10.0.0.1"), ("AWS_INSTANCE_PORT", "80")]).await;
 }
 
@@ -548,7 +718,8 @@ async fn pagination() {
     let mut seen = Vec::new();
     let mut token = None;
     loop {
-        let page = c.list_instances().service_id(&svc).max_results(3).set_next_token(token).send().await.unwrap();
+        let page =
+            c.list_instances().service_id(&svc).max_results(3).set_next_token(token).send().await.unwrap();
         seen.extend(page.instances().iter().filter_map(|i| i.id().map(str::to_string)));
         token = page.next_token().map(str::to_string);
         if token.is_none() {
@@ -574,10 +745,23 @@ async fn list_operations_filters() {
     c.deregister_instance().service_id(&svc).instance_id("i-1").send().await.unwrap();
     let filtered = |name: OperationFilterName, cond: Option<FilterCondition>, values: Vec<String>| {
         c.list_operations()
-            .filters(OperationFilter::builder().name(name).set_condition(cond).set_values(Some(values)).build().unwrap())
+            .filters(
+                OperationFilter::builder()
+                    .name(name)
+                    .set_condition(cond)
+                    .set_values(Some(values))
+                    .build()
+                    .unwrap(),
+            )
             .send()
     };
-    let regs = filtered(OperationFilterName::Type, Some(FilterCondition::In), vec!["REGISTER_INSTANCE".into(), "DEREGISTER_INSTANCE".into()]).await.unwrap();
+    let regs = filtered(
+        OperationFilterName::Type,
+        Some(FilterCondition::In),
+        vec!["REGISTER_INSTANCE".into(), "DEREGISTER_INSTANCE".into()],
+    )
+    .await
+    .unwrap();
     assert_eq!(regs.operations().len(), 2);
     let by_ns = filtered(OperationFilterName::NamespaceId, None, vec![ns.clone()]).await.unwrap();
     assert_eq!(by_ns.operations().len(), 3, "create + register + deregister");
@@ -588,9 +772,21 @@ async fn list_operations_filters() {
     let failed = filtered(OperationFilterName::Status, None, vec!["FAIL".into()]).await.unwrap();
     assert_eq!(failed.operations().len(), 0);
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let window = filtered(OperationFilterName::UpdateDate, Some(FilterCondition::Between), vec![(now - 600).to_string(), (now + 600).to_string()]).await.unwrap();
+    let window = filtered(
+        OperationFilterName::UpdateDate,
+        Some(FilterCondition::Between),
+        vec![(now - 600).to_string(), (now + 600).to_string()],
+    )
+    .await
+    .unwrap();
     assert_eq!(window.operations().len(), 3);
-    let past = filtered(OperationFilterName::UpdateDate, Some(FilterCondition::Between), vec!["0".into(), "1000".into()]).await.unwrap();
+    let past = filtered(
+        OperationFilterName::UpdateDate,
+        Some(FilterCondition::Between),
+        vec!["0".into(), "1000".into()],
+    )
+    .await
+    .unwrap();
     assert_eq!(past.operations().len(), 0);
     let err = filtered(OperationFilterName::Type, None, vec!["EXPLODE".into()]).await.unwrap_err();
     assert_eq!(code(&err), "InvalidInput");
@@ -608,15 +804,29 @@ async fn idempotency_tokens() {
     assert_eq!(code(&err), "DuplicateRequest");
 
     let ns = c.list_namespaces().send().await.unwrap().namespaces()[0].id().unwrap().to_string();
-    let s1 = c.create_service().name("svc").namespace_id(&ns).creator_request_id("svc-req").send().await.unwrap();
-    let s2 = c.create_service().name("svc").namespace_id(&ns).creator_request_id("svc-req").send().await.unwrap();
+    let s1 =
+        c.create_service().name("svc").namespace_id(&ns).creator_request_id("svc-req").send().await.unwrap();
+    let s2 =
+        c.create_service().name("svc").namespace_id(&ns).creator_request_id("svc-req").send().await.unwrap();
     assert_eq!(s1.service().unwrap().id(), s2.service().unwrap().id());
-    let err = c.create_service().name("svc").namespace_id(&ns).creator_request_id("another").send().await.unwrap_err();
+    let err = c
+        .create_service()
+        .name("svc")
+        .namespace_id(&ns)
+        .creator_request_id("another")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), "ServiceAlreadyExists");
     let svc = s1.service().unwrap().id().unwrap().to_string();
 
     let reg = |id: &'static str, token: &'static str| {
-        c.register_instance().service_id(&svc).instance_id(id).creator_request_id(token).attributes("AWS_INSTANCE_IPV4", "10.0.0.1").send()
+        c.register_instance()
+            .service_id(&svc)
+            .instance_id(id)
+            .creator_request_id(token)
+            .attributes("AWS_INSTANCE_IPV4", "10.0.0.1")
+            .send()
     };
     let first = reg("i-1", "tok-1").await.unwrap();
     let rev = revision(&c, "idem", "svc").await;
@@ -635,7 +845,13 @@ async fn tags() {
     let ns = http_namespace(&c, "tagged").await;
     let arn = c.get_namespace().id(&ns).send().await.unwrap().namespace().unwrap().arn().unwrap().to_string();
     let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build().unwrap();
-    c.tag_resource().resource_arn(&arn).tags(tag("team", "core")).tags(tag("env", "dev")).send().await.unwrap();
+    c.tag_resource()
+        .resource_arn(&arn)
+        .tags(tag("team", "core"))
+        .tags(tag("env", "dev"))
+        .send()
+        .await
+        .unwrap();
     let listed = c.list_tags_for_resource().resource_arn(&arn).send().await.unwrap();
     let keys: Vec<_> = listed.tags().iter().map(|t| t.key().to_string()).collect();
     assert_eq!(keys, ["env", "team"]);
@@ -653,16 +869,13 @@ async fn tags() {
     }
     let err = many.send().await.unwrap_err();
     assert_eq!(code(&err), "TooManyTagsException");
-    assert_eq!(c.list_tags_for_resource().resource_arn(&arn).send().await.unwrap().tags().len(), 1, "a rejected call adds no tag");
+    assert_eq!(
+        c.list_tags_for_resource().resource_arn(&arn).send().await.unwrap().tags().len(),
+        1,
+        "a rejected call adds no tag"
+    );
 
-    let svc = c
-        .create_service()
-        .name("s")
-        .namespace_id(&ns)
-        .tags(tag("tier", "web"))
-        .send()
-        .await
-        .unwrap();
+    let svc = c.create_service().name("s").namespace_id(&ns).tags(tag("tier", "web")).send().await.unwrap();
     let svc_arn = svc.service().unwrap().arn().unwrap();
     assert_eq!(c.list_tags_for_resource().resource_arn(svc_arn).send().await.unwrap().tags().len(), 1);
 }
@@ -681,7 +894,14 @@ async fn quotas_are_enforced() {
     let svc = custom_health_service(&c, &ns, "s").await;
     register(&c, &svc, "a", &[]).await;
     register(&c, &svc, "b", &[]).await;
-    let err = c.register_instance().service_id(&svc).instance_id("c").attributes("k", "v").send().await.unwrap_err();
+    let err = c
+        .register_instance()
+        .service_id(&svc)
+        .instance_id("c")
+        .attributes("k", "v")
+        .send()
+        .await
+        .unwrap_err();
     assert_eq!(code(&err), "ResourceLimitExceeded");
     register(&c, &svc, "a", &[("k", "updated")]).await; // an update is not a new instance
 }
@@ -703,7 +923,11 @@ async fn custom_health_delay_emulates_aws() {
     // Changing back within the wait cancels the change.
     set_health("b", sd::types::CustomHealthStatus::Healthy).await.unwrap();
     if started.elapsed() < Duration::from_millis(1200) {
-        assert_eq!(discover(&c, "slow", "s", Some(HealthStatusFilter::Healthy)).await, set(&["a", "b"]), "not yet");
+        assert_eq!(
+            discover(&c, "slow", "s", Some(HealthStatusFilter::Healthy)).await,
+            set(&["a", "b"]),
+            "not yet"
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

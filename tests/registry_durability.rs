@@ -54,7 +54,9 @@ async fn instance_writer(c: sd::Client, svc: String, name: String, acked: Arc<Mu
             a.registered.entry(svc.clone()).or_default().remove(&old);
             a.deregistered.entry(svc.clone()).or_default().insert(old);
         }
-        let Ok(rev) = c.discover_instances_revision().namespace_name("durable").service_name(&name).send().await else {
+        let Ok(rev) =
+            c.discover_instances_revision().namespace_name("durable").service_name(&name).send().await
+        else {
             return;
         };
         acked.lock().unwrap().revisions.insert(svc.clone(), rev.instances_revision().unwrap());
@@ -63,11 +65,18 @@ async fn instance_writer(c: sd::Client, svc: String, name: String, acked: Arc<Mu
 
 async fn structure_writer(c: sd::Client, acked: Arc<Mutex<Acked>>) {
     for n in 0.. {
-        let Ok(op) = c.create_http_namespace().name(format!("s-{n}")).send().await else { return };
-        let Ok(op) = c.get_operation().operation_id(op.operation_id().unwrap()).send().await else { return };
-        let ns = op.operation().unwrap().targets().unwrap()[&sd::types::OperationTargetType::Namespace].clone();
+        let Ok(op) = c.create_http_namespace().name(format!("s-{n}")).send().await else {
+            return;
+        };
+        let Ok(op) = c.get_operation().operation_id(op.operation_id().unwrap()).send().await else {
+            return;
+        };
+        let ns =
+            op.operation().unwrap().targets().unwrap()[&sd::types::OperationTargetType::Namespace].clone();
         acked.lock().unwrap().namespaces.insert(ns.clone());
-        let Ok(svc) = c.create_service().name("svc").namespace_id(&ns).send().await else { return };
+        let Ok(svc) = c.create_service().name("svc").namespace_id(&ns).send().await else {
+            return;
+        };
         acked.lock().unwrap().services.insert(svc.service().unwrap().id().unwrap().to_string());
     }
 }
@@ -91,7 +100,12 @@ async fn acknowledged_writes_survive_kill_9() {
     let acked = Arc::new(Mutex::new(Acked::default()));
     let mut writers = Vec::new();
     for (svc, name) in &services {
-        writers.push(tokio::spawn(instance_writer(server.client(), svc.clone(), name.clone(), acked.clone())));
+        writers.push(tokio::spawn(instance_writer(
+            server.client(),
+            svc.clone(),
+            name.clone(),
+            acked.clone(),
+        )));
     }
     writers.push(tokio::spawn(structure_writer(server.client(), acked.clone())));
 
@@ -123,16 +137,25 @@ async fn acknowledged_writes_survive_kill_9() {
             .collect::<Vec<_>>()
             .await
             .into_iter()
-            .flat_map(|p| p.unwrap().instances().iter().map(|i| i.id().unwrap().to_string()).collect::<Vec<_>>())
+            .flat_map(|p| {
+                p.unwrap().instances().iter().map(|i| i.id().unwrap().to_string()).collect::<Vec<_>>()
+            })
             .collect();
         let registered = acked.registered.get(svc).cloned().unwrap_or_default();
         let missing: Vec<_> = registered.difference(&listed).collect();
         assert!(missing.is_empty(), "{name}: acknowledged registrations lost: {missing:?}");
-        let resurrected: Vec<_> = acked.deregistered.get(svc).into_iter().flatten().filter(|i| listed.contains(*i)).collect();
+        let resurrected: Vec<_> =
+            acked.deregistered.get(svc).into_iter().flatten().filter(|i| listed.contains(*i)).collect();
         assert!(resurrected.is_empty(), "{name}: acknowledged deregistrations undone: {resurrected:?}");
         let phantom: Vec<_> = listed.difference(&acked.attempted[svc]).collect();
         assert!(phantom.is_empty(), "{name}: instances nobody registered: {phantom:?}");
-        let rev = c.discover_instances_revision().namespace_name("durable").service_name(name).send().await.unwrap();
+        let rev = c
+            .discover_instances_revision()
+            .namespace_name("durable")
+            .service_name(name)
+            .send()
+            .await
+            .unwrap();
         assert!(
             rev.instances_revision().unwrap() >= acked.revisions[svc],
             "{name}: revision went back from {} to {:?}",
@@ -157,7 +180,11 @@ async fn acknowledged_writes_survive_kill_9() {
         for s in page.unwrap().services() {
             let got = c.get_service().id(s.id().unwrap()).send().await.unwrap();
             let ns = got.service().unwrap().namespace_id().unwrap().to_string();
-            c.get_namespace().id(&ns).send().await.unwrap_or_else(|e| panic!("service {:?} has no namespace: {e:?}", s.id()));
+            c.get_namespace()
+                .id(&ns)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("service {:?} has no namespace: {e:?}", s.id()));
             seen.insert(s.id().unwrap().to_string());
         }
     }

@@ -30,7 +30,8 @@ fn post(server: &Server, target: Option<&str>, body: &[u8]) -> (u16, Value) {
     let _ = stream.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw);
     let status: u16 = text.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let json = text.split("\r\n\r\n").nth(1).and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
+    let json =
+        text.split("\r\n\r\n").nth(1).and_then(|b| serde_json::from_str(b).ok()).unwrap_or(Value::Null);
     (status, json)
 }
 
@@ -54,13 +55,43 @@ fn bad_requests_get_aws_error_shapes() {
         (Some(create.clone()), b"".to_vec(), "SerializationException", "JSON"),
         (Some(create.clone()), br#"{"Name": 42}"#.to_vec(), "SerializationException", "Name"),
         (Some(create.clone()), br#"{"Description": "no name"}"#.to_vec(), "InvalidInput", "Name"),
-        (Some(target("RegisterInstance")), br#"{"ServiceId": "srv-x", "InstanceId": "i"}"#.to_vec(), "InvalidInput", "Attributes"),
-        (Some(target("CreatePrivateDnsNamespace")), br#"{"Name": "a.internal"}"#.to_vec(), "InvalidInput", "Vpc"),
-        (Some(target("DiscoverInstances")), br#"{"NamespaceName": "x"}"#.to_vec(), "InvalidInput", "ServiceName"),
-        (Some(target("ListNamespaces")), br#"{"MaxResults": "ten"}"#.to_vec(), "SerializationException", "MaxResults"),
-        (Some(target("DiscoverInstances")), br#"{"NamespaceName": "x", "ServiceName": "y", "HealthStatus": "GREEN"}"#.to_vec(), "InvalidInput", "HealthStatus"),
+        (
+            Some(target("RegisterInstance")),
+            br#"{"ServiceId": "srv-x", "InstanceId": "i"}"#.to_vec(),
+            "InvalidInput",
+            "Attributes",
+        ),
+        (
+            Some(target("CreatePrivateDnsNamespace")),
+            br#"{"Name": "a.internal"}"#.to_vec(),
+            "InvalidInput",
+            "Vpc",
+        ),
+        (
+            Some(target("DiscoverInstances")),
+            br#"{"NamespaceName": "x"}"#.to_vec(),
+            "InvalidInput",
+            "ServiceName",
+        ),
+        (
+            Some(target("ListNamespaces")),
+            br#"{"MaxResults": "ten"}"#.to_vec(),
+            "SerializationException",
+            "MaxResults",
+        ),
+        (
+            Some(target("DiscoverInstances")),
+            br#"{"NamespaceName": "x", "ServiceName": "y", "HealthStatus": "GREEN"}"#.to_vec(),
+            "InvalidInput",
+            "HealthStatus",
+        ),
         (Some(target("Explode")), b"{}".to_vec(), "UnknownOperationException", "Explode"),
-        (Some("SomethingElse.CreateHttpNamespace".into()), b"{}".to_vec(), "UnknownOperationException", "X-Amz-Target"),
+        (
+            Some("SomethingElse.CreateHttpNamespace".into()),
+            b"{}".to_vec(),
+            "UnknownOperationException",
+            "X-Amz-Target",
+        ),
         (None, b"{}".to_vec(), "UnknownOperationException", "X-Amz-Target"),
     ];
     for (t, body, expected, needle) in cases {

@@ -84,8 +84,7 @@ fn operation_name(headers: &HeaderMap) -> Option<String> {
 
 async fn read_body(body: Body) -> Result<Bytes, RegistryError> {
     axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.to_string().contains("length limit"))
+        let too_large = std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"))
             || e.to_string().contains("length limit");
         if too_large {
             RegistryError::invalid(format!("the request body exceeds {MAX_BODY_BYTES} bytes"))
@@ -102,9 +101,8 @@ fn decode<T: DeserializeOwned>(body: &Bytes) -> Result<T, RegistryError> {
     if !value.is_object() {
         return Err(RegistryError::Serialization("the request body must be a JSON object".into()));
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        RegistryError::Serialization(format!("member {}: {}", e.path(), e.inner()))
-    })
+    serde_path_to_error::deserialize(value)
+        .map_err(|e| RegistryError::Serialization(format!("member {}: {}", e.path(), e.inner())))
 }
 
 async fn dispatch(registry: &Registry, headers: &HeaderMap, body: Bytes) -> Result<Value, RegistryError> {
@@ -129,14 +127,26 @@ async fn dispatch(registry: &Registry, headers: &HeaderMap, body: Bytes) -> Resu
     }
     use super::shapes::*;
     match operation {
-        "CreateHttpNamespace" => op!(|r, q: CreateNamespaceRequest| r.create_namespace(NamespaceKind::Http, q)),
-        "CreatePrivateDnsNamespace" => op!(|r, q: CreateNamespaceRequest| r.create_namespace(NamespaceKind::DnsPrivate, q)),
-        "CreatePublicDnsNamespace" => op!(|r, q: CreateNamespaceRequest| r.create_namespace(NamespaceKind::DnsPublic, q)),
+        "CreateHttpNamespace" => {
+            op!(|r, q: CreateNamespaceRequest| r.create_namespace(NamespaceKind::Http, q))
+        }
+        "CreatePrivateDnsNamespace" => {
+            op!(|r, q: CreateNamespaceRequest| r.create_namespace(NamespaceKind::DnsPrivate, q))
+        }
+        "CreatePublicDnsNamespace" => {
+            op!(|r, q: CreateNamespaceRequest| r.create_namespace(NamespaceKind::DnsPublic, q))
+        }
         "GetNamespace" => op!(|r, q: IdRequest| r.get_namespace(q)),
         "ListNamespaces" => op!(|r, q: ListRequest| r.list_namespaces(q)),
-        "UpdateHttpNamespace" => op!(|r, q: UpdateNamespaceRequest| r.update_namespace(NamespaceKind::Http, q)),
-        "UpdatePrivateDnsNamespace" => op!(|r, q: UpdateNamespaceRequest| r.update_namespace(NamespaceKind::DnsPrivate, q)),
-        "UpdatePublicDnsNamespace" => op!(|r, q: UpdateNamespaceRequest| r.update_namespace(NamespaceKind::DnsPublic, q)),
+        "UpdateHttpNamespace" => {
+            op!(|r, q: UpdateNamespaceRequest| r.update_namespace(NamespaceKind::Http, q))
+        }
+        "UpdatePrivateDnsNamespace" => {
+            op!(|r, q: UpdateNamespaceRequest| r.update_namespace(NamespaceKind::DnsPrivate, q))
+        }
+        "UpdatePublicDnsNamespace" => {
+            op!(|r, q: UpdateNamespaceRequest| r.update_namespace(NamespaceKind::DnsPublic, q))
+        }
         "DeleteNamespace" => op!(|r, q: IdRequest| r.delete_namespace(q)),
         "CreateService" => op!(|r, q: CreateServiceRequest| r.create_service(q)),
         "GetService" => op!(|r, q: IdRequest| r.get_service(q)),
@@ -144,25 +154,31 @@ async fn dispatch(registry: &Registry, headers: &HeaderMap, body: Bytes) -> Resu
         "UpdateService" => op!(|r, q: UpdateServiceRequest| r.update_service(q)),
         "DeleteService" => op!(|r, q: IdRequest| r.delete_service(q)),
         "GetServiceAttributes" => op!(|r, q: ServiceIdRequest| r.get_service_attributes(q)),
-        "UpdateServiceAttributes" => op!(|r, q: UpdateServiceAttributesRequest| r.update_service_attributes(q)),
-        "DeleteServiceAttributes" => op!(|r, q: DeleteServiceAttributesRequest| r.delete_service_attributes(q)),
+        "UpdateServiceAttributes" => {
+            op!(|r, q: UpdateServiceAttributesRequest| r.update_service_attributes(q))
+        }
+        "DeleteServiceAttributes" => {
+            op!(|r, q: DeleteServiceAttributesRequest| r.delete_service_attributes(q))
+        }
         "RegisterInstance" => op!(|r, q: RegisterInstanceRequest| r.register_instance(q)),
         "DeregisterInstance" => op!(|r, q: InstanceRequest| r.deregister_instance(q)),
         "GetInstance" => op!(|r, q: InstanceRequest| r.get_instance(q)),
         "ListInstances" => op!(|r, q: ListInstancesRequest| r.list_instances(q)),
-        "GetInstancesHealthStatus" => op!(|r, q: GetInstancesHealthStatusRequest| r.get_instances_health_status(q)),
+        "GetInstancesHealthStatus" => {
+            op!(|r, q: GetInstancesHealthStatusRequest| r.get_instances_health_status(q))
+        }
         "UpdateInstanceCustomHealthStatus" => {
             op!(|r, q: UpdateInstanceCustomHealthStatusRequest| r.update_instance_custom_health_status(q))
         }
         "DiscoverInstances" => op!(|r, q: DiscoverInstancesRequest| r.discover_instances(q)),
-        "DiscoverInstancesRevision" => op!(|r, q: DiscoverInstancesRequest| r.discover_instances_revision(q)),
+        "DiscoverInstancesRevision" => {
+            op!(|r, q: DiscoverInstancesRequest| r.discover_instances_revision(q))
+        }
         "GetOperation" => op!(|r, q: GetOperationRequest| r.get_operation(q)),
         "ListOperations" => op!(|r, q: ListRequest| r.list_operations(q)),
         "TagResource" => op!(|r, q: TagResourceRequest| r.tag_resource(q)),
         "UntagResource" => op!(|r, q: UntagResourceRequest| r.untag_resource(q)),
         "ListTagsForResource" => op!(|r, q: ResourceArnRequest| r.list_tags_for_resource(q)),
-        other => Err(RegistryError::UnknownOperation(format!(
-            "'{other}' is not a Cloud Map operation"
-        ))),
+        other => Err(RegistryError::UnknownOperation(format!("'{other}' is not a Cloud Map operation"))),
     }
 }

@@ -9,11 +9,7 @@ pub enum RegistryError {
     #[error("{0}")]
     InvalidInput(String),
     #[error("{message}")]
-    NamespaceAlreadyExists {
-        message: String,
-        creator_request_id: Option<String>,
-        namespace_id: String,
-    },
+    NamespaceAlreadyExists { message: String, creator_request_id: Option<String>, namespace_id: String },
     #[error("{0}")]
     NamespaceNotFound(String),
     #[error("{message}")]
@@ -78,9 +74,7 @@ impl RegistryError {
             RegistryError::DuplicateRequest { .. } => "DuplicateRequest",
             RegistryError::ResourceNotFound(_) => "ResourceNotFoundException",
             RegistryError::TooManyTags { .. } => "TooManyTagsException",
-            RegistryError::ServiceAttributesLimitExceeded(_) => {
-                "ServiceAttributesLimitExceededException"
-            }
+            RegistryError::ServiceAttributesLimitExceeded(_) => "ServiceAttributesLimitExceededException",
             RegistryError::Serialization(_) => "SerializationException",
             RegistryError::UnknownOperation(_) => "UnknownOperationException",
             RegistryError::Storage(_) | RegistryError::Internal(_) => "InternalFailure",
@@ -107,9 +101,7 @@ impl RegistryError {
                     body.insert("CreatorRequestId".into(), json!(crid));
                 }
             }
-            RegistryError::ServiceAlreadyExists {
-                creator_request_id, service_id, service_arn, ..
-            } => {
+            RegistryError::ServiceAlreadyExists { creator_request_id, service_id, service_arn, .. } => {
                 body.insert("ServiceId".into(), json!(service_id));
                 body.insert("ServiceArn".into(), json!(service_arn));
                 if let Some(crid) = creator_request_id {

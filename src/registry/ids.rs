@@ -43,10 +43,7 @@ pub struct Identity {
 
 impl Identity {
     pub fn arn(&self, kind: &str, id: &str) -> String {
-        format!(
-            "arn:{}:servicediscovery:{}:{}:{kind}/{id}",
-            self.partition, self.region, self.account
-        )
+        format!("arn:{}:servicediscovery:{}:{}:{kind}/{id}", self.partition, self.region, self.account)
     }
 
     /// Resolves an `Id`/`ServiceId`/`NamespaceId` member that is an id or an ARN of ours. An ARN of
@@ -99,7 +96,10 @@ mod tests {
         assert_eq!(arn, "arn:aws:servicediscovery:us-east-1:123456789012:service/srv-abc");
         assert_eq!(id.resolve("service", &arn), Some("srv-abc"));
         assert_eq!(id.resolve("namespace", &arn), None);
-        assert_eq!(id.resolve("service", "arn:aws:servicediscovery:eu-west-1:123456789012:service/srv-abc"), None);
+        assert_eq!(
+            id.resolve("service", "arn:aws:servicediscovery:eu-west-1:123456789012:service/srv-abc"),
+            None
+        );
         assert_eq!(id.parse_resource_arn(&arn).unwrap(), ("service", "srv-abc"));
         assert!(matches!(id.parse_resource_arn("nope"), Err(RegistryError::InvalidInput(_))));
     }

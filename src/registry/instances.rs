@@ -16,8 +16,8 @@ use super::operations::{self, Targets};
 use super::paging;
 use super::services::{self, HealthMode, ServiceRow};
 use super::shapes::{
-    Attributes, DiscoverInstancesRequest, GetInstancesHealthStatusRequest, HttpInstanceSummary,
-    Instance, InstanceRequest, InstanceSummary, ListInstancesRequest, RegisterInstanceRequest,
+    Attributes, DiscoverInstancesRequest, GetInstancesHealthStatusRequest, HttpInstanceSummary, Instance,
+    InstanceRequest, InstanceSummary, ListInstancesRequest, RegisterInstanceRequest,
     UpdateInstanceCustomHealthStatusRequest,
 };
 use super::{Ctx, Registry, store, validate};
@@ -82,9 +82,8 @@ fn load_all(conn: &Connection, ctx: &Ctx, service_id: &str) -> Result<Vec<Instan
     let mut stmt = conn.prepare_cached(&format!(
         "SELECT *, {EFFECTIVE_HEALTH} AS effective_health FROM instances WHERE service_id = ?2 ORDER BY seq"
     ))?;
-    let rows = stmt
-        .query_map(params![ctx.now, service_id], from_row)?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let rows =
+        stmt.query_map(params![ctx.now, service_id], from_row)?.collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
 }
 
@@ -325,7 +324,11 @@ impl Registry {
                 tx,
                 ctx,
                 operations::DEREGISTER_INSTANCE,
-                Targets { namespace: Some(&svc.namespace_id), service: Some(svc.id()), instance: Some(&instance_id) },
+                Targets {
+                    namespace: Some(&svc.namespace_id),
+                    service: Some(svc.id()),
+                    instance: Some(&instance_id),
+                },
             )?;
             Ok(json!({ "OperationId": op }))
         })
@@ -409,10 +412,15 @@ impl Registry {
                     picked
                 }
             };
-            let rows: Vec<(i64, &InstanceRow)> =
-                selected.into_iter().filter(|i| i.seq > page.after).take(page.limit + 1).map(|i| (i.seq, i)).collect();
+            let rows: Vec<(i64, &InstanceRow)> = selected
+                .into_iter()
+                .filter(|i| i.seq > page.after)
+                .take(page.limit + 1)
+                .map(|i| (i.seq, i))
+                .collect();
             let (rows, next) = paging::finish(rows, page.limit);
-            let status: BTreeMap<&str, &str> = rows.iter().map(|(_, i)| (i.id.as_str(), i.health.as_str())).collect();
+            let status: BTreeMap<&str, &str> =
+                rows.iter().map(|(_, i)| (i.id.as_str(), i.health.as_str())).collect();
             let mut out = json!({ "Status": status });
             if let Some(next) = next {
                 out["NextToken"] = json!(next);
@@ -421,7 +429,10 @@ impl Registry {
         })
     }
 
-    pub fn update_instance_custom_health_status(&self, req: UpdateInstanceCustomHealthStatusRequest) -> Result<Value> {
+    pub fn update_instance_custom_health_status(
+        &self,
+        req: UpdateInstanceCustomHealthStatusRequest,
+    ) -> Result<Value> {
         let service_id = validate::required(&req.service_id, "ServiceId")?.clone();
         let instance_id = validate::required(&req.instance_id, "InstanceId")?.clone();
         let status = validate::required(&req.status, "Status")?.clone();
@@ -479,7 +490,12 @@ impl Registry {
         validate::attribute_map(&query, "QueryParameters")?;
         validate::attribute_map(&optional, "OptionalParameters")?;
         // With a health check configured, AWS returns healthy instances unless told otherwise.
-        let filter = req.health_status.as_deref().map(HealthFilter::parse).transpose()?.unwrap_or(HealthFilter::Healthy);
+        let filter = req
+            .health_status
+            .as_deref()
+            .map(HealthFilter::parse)
+            .transpose()?
+            .unwrap_or(HealthFilter::Healthy);
         self.read(|conn, ctx| {
             validate::owner_account(&req.owner_account, &ctx.identity().account)?;
             let ns = namespaces::load_by_http_name(conn, ctx, namespace_name)?;
@@ -490,7 +506,8 @@ impl Registry {
             };
             let mut chosen: Vec<&InstanceRow> = all.iter().filter(|i| matches(i, &query)).collect();
             if !optional.is_empty() {
-                let both: Vec<&InstanceRow> = chosen.iter().copied().filter(|i| matches(i, &optional)).collect();
+                let both: Vec<&InstanceRow> =
+                    chosen.iter().copied().filter(|i| matches(i, &optional)).collect();
                 if !both.is_empty() {
                     chosen = both;
                 }
@@ -500,7 +517,9 @@ impl Registry {
                 chosen = match filter {
                     HealthFilter::All => chosen,
                     HealthFilter::Healthy => chosen.into_iter().filter(healthy).collect(),
-                    HealthFilter::Unhealthy => chosen.into_iter().filter(|i| i.health == "UNHEALTHY").collect(),
+                    HealthFilter::Unhealthy => {
+                        chosen.into_iter().filter(|i| i.health == "UNHEALTHY").collect()
+                    }
                     HealthFilter::HealthyOrElseAll => {
                         if chosen.iter().any(healthy) {
                             chosen.into_iter().filter(healthy).collect()
@@ -541,5 +560,115 @@ impl Registry {
             let svc = services::load_by_name(conn, ctx, &ns, &service_name)?;
             Ok(json!({ "InstancesRevision": svc.revision }))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::registry::shapes::{CreateNamespaceRequest, CreateServiceRequest, HealthCheckCustomConfig};
+    use crate::registry::{NamespaceKind, RegistrySettings};
+
+    /// A registry on a clock the test moves by hand, with AWS's 30 s custom health delay.
+    fn registry(dir: &std::path::Path) -> (Registry, Arc<AtomicU64>, String) {
+        let millis = Arc::new(AtomicU64::new(1_700_000_000_000));
+        let clock_ms = millis.clone();
+        let settings =
+            RegistrySettings { custom_health_delay: Duration::from_secs(30), ..RegistrySettings::default() };
+        let clock: crate::registry::Clock = Arc::new(move || clock_ms.load(Ordering::SeqCst) as f64 / 1000.0);
+        let r = Registry::open_with_clock(dir, settings, clock).unwrap();
+        r.create_namespace(
+            NamespaceKind::Http,
+            CreateNamespaceRequest { name: Some("ns".into()), ..Default::default() },
+        )
+        .unwrap();
+        let ns = r.list_namespaces(Default::default()).unwrap()["Namespaces"][0]["Id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let svc = r
+            .create_service(CreateServiceRequest {
+                name: Some("s".into()),
+                namespace_id: Some(ns),
+                health_check_custom_config: Some(HealthCheckCustomConfig::default()),
+                ..Default::default()
+            })
+            .unwrap()["Service"]["Id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        r.register_instance(RegisterInstanceRequest {
+            service_id: Some(svc.clone()),
+            instance_id: Some("a".into()),
+            attributes: Some(Attributes::new()),
+            ..Default::default()
+        })
+        .unwrap();
+        (r, millis, svc)
+    }
+
+    fn health(r: &Registry) -> String {
+        let out = r
+            .discover(&DiscoverInstancesRequest {
+                namespace_name: Some("ns".into()),
+                service_name: Some("s".into()),
+                health_status: Some("ALL".into()),
+                ..Default::default()
+            })
+            .unwrap();
+        out.instances[0].health_status.clone()
+    }
+
+    fn set(r: &Registry, svc: &str, status: &str) {
+        r.update_instance_custom_health_status(UpdateInstanceCustomHealthStatusRequest {
+            service_id: Some(svc.into()),
+            instance_id: Some("a".into()),
+            status: Some(status.into()),
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn custom_health_waits_like_aws() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, clock, svc) = registry(dir.path());
+        let advance = |secs: u64| clock.fetch_add(secs * 1000, Ordering::SeqCst);
+        set(&r, &svc, "UNHEALTHY");
+        assert_eq!(health(&r), "HEALTHY");
+        advance(20);
+        // The same status again does not restart the wait.
+        set(&r, &svc, "UNHEALTHY");
+        advance(9);
+        assert_eq!(health(&r), "HEALTHY");
+        advance(1);
+        assert_eq!(health(&r), "UNHEALTHY", "due 30 s after the first request");
+        assert_eq!(r.apply_due_health().unwrap(), None, "nothing else pending once applied");
+
+        // Changing back within the wait cancels the change.
+        set(&r, &svc, "HEALTHY");
+        advance(10);
+        set(&r, &svc, "UNHEALTHY");
+        advance(25);
+        assert_eq!(health(&r), "UNHEALTHY");
+        advance(10);
+        assert_eq!(health(&r), "UNHEALTHY");
+    }
+
+    #[test]
+    fn pending_health_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let (r, clock, svc) = registry(dir.path());
+        set(&r, &svc, "UNHEALTHY");
+        let now = clock.load(Ordering::SeqCst);
+        drop(r);
+        let millis = Arc::new(AtomicU64::new(now + 31_000));
+        let m = millis.clone();
+        let clock: crate::registry::Clock = Arc::new(move || m.load(Ordering::SeqCst) as f64 / 1000.0);
+        let r = Registry::open_with_clock(dir.path(), RegistrySettings::default(), clock).unwrap();
+        assert_eq!(health(&r), "UNHEALTHY");
     }
 }

@@ -30,8 +30,8 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 pub use error::{RegistryError, Result};
 pub use ids::Identity;
-pub use namespaces::NamespaceKind;
 pub use instances::{DiscoverOutput, HealthFilter};
+pub use namespaces::NamespaceKind;
 pub use store::StoreError;
 
 /// Cloud Map's documented default quotas (all but the attribute count are adjustable in AWS, so
@@ -182,9 +182,7 @@ impl Registry {
                 [ctx.now],
             )?;
             Ok(tx
-                .query_row("SELECT min(pending_health_at) FROM instances", [], |r| {
-                    r.get::<_, Option<f64>>(0)
-                })
+                .query_row("SELECT min(pending_health_at) FROM instances", [], |r| r.get::<_, Option<f64>>(0))
                 .optional()?
                 .flatten())
         })

@@ -85,7 +85,8 @@ fn from_row(row: &Row, ctx: &Ctx) -> rusqlite::Result<NamespaceRow> {
     })
 }
 
-const SELECT: &str = "SELECT n.*, (SELECT count(*) FROM services s WHERE s.namespace_id = n.id) AS service_count
+const SELECT: &str =
+    "SELECT n.*, (SELECT count(*) FROM services s WHERE s.namespace_id = n.id) AS service_count
                       FROM namespaces n";
 
 pub fn not_found(id: &str) -> RegistryError {
@@ -202,9 +203,7 @@ impl Registry {
                 ],
             )?;
             for f in &filters {
-                if f.name == "RESOURCE_OWNER"
-                    && !["SELF", "OTHER_ACCOUNTS"].contains(&f.values[0].as_str())
-                {
+                if f.name == "RESOURCE_OWNER" && !["SELF", "OTHER_ACCOUNTS"].contains(&f.values[0].as_str()) {
                     return Err(RegistryError::invalid(
                         "Filters.Values for RESOURCE_OWNER must be SELF or OTHER_ACCOUNTS",
                     ));
@@ -218,8 +217,7 @@ impl Registry {
                     ));
                 }
             }
-            let mut stmt =
-                conn.prepare(&format!("{SELECT} WHERE n.seq > ?1 ORDER BY n.seq LIMIT ?2"))?;
+            let mut stmt = conn.prepare(&format!("{SELECT} WHERE n.seq > ?1 ORDER BY n.seq LIMIT ?2"))?;
             let rows = stmt
                 .query_map(params![page.after, page.limit as i64 + 1], |r| {
                     from_row(r, ctx).map(|ns| (ns.seq, ns))
@@ -296,7 +294,12 @@ impl Registry {
             if let Some(ttl) = soa_ttl {
                 tx.execute("UPDATE namespaces SET soa_ttl = ?1 WHERE id = ?2", params![ttl, ns.id()])?;
             }
-            let op = operations::record(tx, ctx, operations::UPDATE_NAMESPACE, Targets { namespace: Some(ns.id()), ..Default::default() })?;
+            let op = operations::record(
+                tx,
+                ctx,
+                operations::UPDATE_NAMESPACE,
+                Targets { namespace: Some(ns.id()), ..Default::default() },
+            )?;
             operations::remember(tx, &scope, token, &fingerprint, Some(&op), Some(ns.id()))?;
             Ok(json!({ "OperationId": op }))
         })
@@ -314,9 +317,17 @@ impl Registry {
                 )));
             }
             tags::delete_all(tx, &ns.shape.arn)?;
-            tx.execute("DELETE FROM idempotency WHERE scope = ?1", [format!("update-namespace:{}", ns.id())])?;
+            tx.execute(
+                "DELETE FROM idempotency WHERE scope = ?1",
+                [format!("update-namespace:{}", ns.id())],
+            )?;
             tx.execute("DELETE FROM namespaces WHERE id = ?1", [ns.id()])?;
-            let op = operations::record(tx, ctx, operations::DELETE_NAMESPACE, Targets { namespace: Some(ns.id()), ..Default::default() })?;
+            let op = operations::record(
+                tx,
+                ctx,
+                operations::DELETE_NAMESPACE,
+                Targets { namespace: Some(ns.id()), ..Default::default() },
+            )?;
             Ok(json!({ "OperationId": op }))
         })
     }
@@ -334,7 +345,12 @@ fn claim_http_name(tx: &Connection, kind: NamespaceKind, name: &str, vpc: Option
     )?;
     let clashes = stmt
         .query_map([name], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?, r.get::<_, Option<String>>(3)?))
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<String>>(3)?,
+            ))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     for (id, other_type, other_vpc, crid) in &clashes {

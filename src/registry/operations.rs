@@ -46,27 +46,36 @@ pub fn record(tx: &Connection, ctx: &Ctx, kind: &str, targets: Targets) -> Resul
     Ok(id)
 }
 
-fn from_row(row: &Row, account: &str) -> rusqlite::Result<(i64, Operation)> {
+/// An operation as stored: its API shape and what the list filters match on.
+struct OperationRow {
+    seq: i64,
+    namespace_id: Option<String>,
+    service_id: Option<String>,
+    shape: Operation,
+}
+
+fn from_row(row: &Row, account: &str) -> rusqlite::Result<OperationRow> {
     let kind: String = row.get("type")?;
+    let namespace_id: Option<String> = row.get("namespace_id")?;
+    let service_id: Option<String> = row.get("service_id")?;
+    let instance_id: Option<String> = row.get("instance_id")?;
     let mut targets = BTreeMap::new();
-    let namespace: Option<String> = row.get("namespace_id")?;
-    let service: Option<String> = row.get("service_id")?;
-    let instance: Option<String> = row.get("instance_id")?;
+    let mut target = |name: &str, id: &Option<String>| {
+        if let Some(id) = id {
+            targets.insert(name.to_string(), id.clone());
+        }
+    };
     match kind.as_str() {
-        CREATE_NAMESPACE | DELETE_NAMESPACE | UPDATE_NAMESPACE => {
-            targets.extend(namespace.map(|n| ("NAMESPACE".to_string(), n)));
-        }
-        UPDATE_SERVICE => {
-            targets.extend(service.map(|s| ("SERVICE".to_string(), s)));
-        }
+        CREATE_NAMESPACE | DELETE_NAMESPACE | UPDATE_NAMESPACE => target("NAMESPACE", &namespace_id),
+        UPDATE_SERVICE => target("SERVICE", &service_id),
         _ => {
-            targets.extend(service.map(|s| ("SERVICE".to_string(), s)));
-            targets.extend(instance.map(|i| ("INSTANCE".to_string(), i)));
+            target("SERVICE", &service_id);
+            target("INSTANCE", &instance_id);
         }
     }
-    Ok((
-        row.get("seq")?,
-        Operation {
+    Ok(OperationRow {
+        seq: row.get("seq")?,
+        shape: Operation {
             id: row.get("id")?,
             owner_account: account.to_string(),
             kind,
@@ -77,7 +86,9 @@ fn from_row(row: &Row, account: &str) -> rusqlite::Result<(i64, Operation)> {
             update_date: row.get("update_date")?,
             targets,
         },
-    ))
+        namespace_id,
+        service_id,
+    })
 }
 
 /// Idempotency of CreatorRequestId / UpdaterRequestId tokens within a scope.
@@ -103,9 +114,7 @@ pub fn replay(
         None => Ok(None),
         Some((stored, op, resource)) if stored == fingerprint => Ok(Some((op, resource))),
         Some((_, op, resource)) => Err(RegistryError::DuplicateRequest {
-            message: format!(
-                "The request token '{token}' was already used for a different request"
-            ),
+            message: format!("The request token '{token}' was already used for a different request"),
             duplicate_operation_id: op.or(resource).unwrap_or_default(),
         }),
     }
@@ -134,23 +143,20 @@ impl Registry {
         self.read(|conn, ctx| {
             let id = validate::required(&req.operation_id, "OperationId")?;
             validate::max_len(id, 255, "OperationId")?;
-            validate::owner_account(&req.owner_account, &ctx.identity().account)
-                .map_err(|e| match e {
-                    RegistryError::NamespaceNotFound(_) => {
-                        RegistryError::OperationNotFound(format!("No operation found with ID: {id}"))
-                    }
-                    other => other,
-                })?;
+            validate::owner_account(&req.owner_account, &ctx.identity().account).map_err(|e| match e {
+                RegistryError::NamespaceNotFound(_) => {
+                    RegistryError::OperationNotFound(format!("No operation found with ID: {id}"))
+                }
+                other => other,
+            })?;
             let account = ctx.identity().account.clone();
             let op = conn
-                .query_row("SELECT * FROM operations WHERE id = ?1", [id], |r| {
-                    from_row(r, &account)
-                })
+                .query_row("SELECT * FROM operations WHERE id = ?1", [id], |r| from_row(r, &account))
                 .optional()?
                 .ok_or_else(|| {
                     RegistryError::OperationNotFound(format!("No operation found with ID: {id}"))
                 })?;
-            Ok(json!({ "Operation": op.1 }))
+            Ok(json!({ "Operation": op.shape }))
         })
     }
 
@@ -200,41 +206,40 @@ impl Registry {
                 }
             }
             let account = ctx.identity().account.clone();
-            let mut stmt = conn.prepare(
-                "SELECT * FROM operations WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-            )?;
+            let mut stmt = conn.prepare("SELECT * FROM operations WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
             let rows = stmt
                 .query_map(params![page.after, page.limit as i64 + 1], |r| {
-                    let ns: Option<String> = r.get("namespace_id")?;
-                    let svc: Option<String> = r.get("service_id")?;
-                    from_row(r, &account).map(|op| (op, ns, svc))
+                    from_row(r, &account).map(|op| (op.seq, op))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
-            let rows: Vec<(i64, (Operation, Option<String>, Option<String>))> =
-                rows.into_iter().map(|((seq, op), ns, svc)| (seq, (op, ns, svc))).collect();
             let (rows, next) = paging::finish(rows, page.limit);
             let identity = ctx.identity();
             let ops: Vec<Value> = rows
                 .into_iter()
-                .filter(|(_, (op, ns, svc))| {
+                .map(|(_, row)| row)
+                .filter(|row| {
+                    let op = &row.shape;
                     filters.iter().all(|f| match f.name.as_str() {
-                        "NAMESPACE_ID" => ns.as_deref().is_some_and(|ns| {
-                            identity.resolve("namespace", &f.values[0]) == Some(ns)
-                        }),
-                        "SERVICE_ID" => svc.as_deref().is_some_and(|svc| {
-                            identity.resolve("service", &f.values[0]) == Some(svc)
-                        }),
-                        "STATUS" => f.values.iter().any(|v| {
-                            v == &op.status || (v == "SUCCEED" && op.status == "SUCCESS")
-                        }),
+                        "NAMESPACE_ID" => row
+                            .namespace_id
+                            .as_deref()
+                            .is_some_and(|ns| identity.resolve("namespace", &f.values[0]) == Some(ns)),
+                        "SERVICE_ID" => row
+                            .service_id
+                            .as_deref()
+                            .is_some_and(|svc| identity.resolve("service", &f.values[0]) == Some(svc)),
+                        "STATUS" => f
+                            .values
+                            .iter()
+                            .any(|v| v == &op.status || (v == "SUCCEED" && op.status == "SUCCESS")),
                         "TYPE" => f.matches(&op.kind),
-                        "UPDATE_DATE" => dates.is_some_and(|(from, to)| {
-                            op.update_date >= from && op.update_date <= to
-                        }),
+                        "UPDATE_DATE" => {
+                            dates.is_some_and(|(from, to)| op.update_date >= from && op.update_date <= to)
+                        }
                         _ => false,
                     })
                 })
-                .map(|(_, (op, _, _))| json!({ "Id": op.id, "Status": op.status }))
+                .map(|row| json!({ "Id": row.shape.id, "Status": row.shape.status }))
                 .collect();
             let mut out = json!({ "Operations": ops });
             if let Some(next) = next {

@@ -19,8 +19,9 @@ pub fn page(next_token: &Option<String>, max_results: Option<i64>, max: i64) -> 
     let limit = validate::max_results(max_results, max, 100)?;
     let after = match next_token.as_deref() {
         None | Some("") => 0,
-        Some(token) => decode(token)
-            .ok_or_else(|| RegistryError::invalid("NextToken is not a token this API issued"))?,
+        Some(token) => {
+            decode(token).ok_or_else(|| RegistryError::invalid("NextToken is not a token this API issued"))?
+        }
     };
     Ok(Page { after, limit })
 }
@@ -79,11 +80,10 @@ impl ListFilter {
 /// Validates `Filters` against what one List operation allows: `allowed` lists each filter name
 /// with the conditions it supports (the first is its default when `Condition` is omitted... which
 /// AWS documents as EQ for every name that allows it).
-pub fn filters(
-    filters: &Option<Vec<Filter>>,
-    allowed: &[(&str, &[Condition])],
-) -> Result<Vec<ListFilter>> {
-    let Some(filters) = filters else { return Ok(Vec::new()) };
+pub fn filters(filters: &Option<Vec<Filter>>, allowed: &[(&str, &[Condition])]) -> Result<Vec<ListFilter>> {
+    let Some(filters) = filters else {
+        return Ok(Vec::new());
+    };
     let names: Vec<&str> = allowed.iter().map(|(n, _)| *n).collect();
     filters
         .iter()
@@ -114,9 +114,7 @@ pub fn filters(
                 )));
             }
             if values.is_empty() || values.iter().any(|v| v.is_empty() || v.len() > 255) {
-                return Err(RegistryError::invalid(
-                    "Filters.Values must hold values of 1 to 255 characters",
-                ));
+                return Err(RegistryError::invalid("Filters.Values must hold values of 1 to 255 characters"));
             }
             let count_ok = match condition {
                 Condition::Eq | Condition::BeginsWith => values.len() == 1,
@@ -159,8 +157,7 @@ mod tests {
 
     #[test]
     fn filter_rules() {
-        let allowed: &[(&str, &[Condition])] =
-            &[("TYPE", &[Condition::Eq, Condition::BeginsWith])];
+        let allowed: &[(&str, &[Condition])] = &[("TYPE", &[Condition::Eq, Condition::BeginsWith])];
         let f = |name: &str, cond: Option<&str>, values: &[&str]| Filter {
             name: Some(name.into()),
             condition: cond.map(Into::into),

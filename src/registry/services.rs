@@ -59,10 +59,7 @@ impl ServiceRow {
 }
 
 fn record_types(dns: &Option<DnsConfig>) -> BTreeSet<String> {
-    dns.iter()
-        .flat_map(|d| d.dns_records.iter().flatten())
-        .filter_map(|r| r.kind.clone())
-        .collect()
+    dns.iter().flat_map(|d| d.dns_records.iter().flatten()).filter_map(|r| r.kind.clone()).collect()
 }
 
 fn json_col<T: serde::de::DeserializeOwned>(row: &Row, col: &str) -> rusqlite::Result<Option<T>> {
@@ -105,7 +102,8 @@ fn from_row(row: &Row, ctx: &Ctx) -> rusqlite::Result<ServiceRow> {
     })
 }
 
-const SELECT: &str = "SELECT s.*, (SELECT count(*) FROM instances i WHERE i.service_id = s.id) AS instance_count
+const SELECT: &str =
+    "SELECT s.*, (SELECT count(*) FROM instances i WHERE i.service_id = s.id) AS instance_count
                       FROM services s";
 
 pub fn not_found(id: &str) -> RegistryError {
@@ -177,15 +175,11 @@ fn check_health_check_config(
         )));
     }
     if types.contains("CNAME") {
-        return Err(RegistryError::invalid(format!(
-            "{field} can't be used with a CNAME record"
-        )));
+        return Err(RegistryError::invalid(format!("{field} can't be used with a CNAME record")));
     }
     let kind = validate::required(&hc.kind, &format!("{field}.Type"))?;
     if !["HTTP", "HTTPS", "TCP"].contains(&kind.as_str()) {
-        return Err(RegistryError::invalid(format!(
-            "{field}.Type '{kind}' is not one of HTTP, HTTPS, TCP"
-        )));
+        return Err(RegistryError::invalid(format!("{field}.Type '{kind}' is not one of HTTP, HTTPS, TCP")));
     }
     let resource_path = match (kind.as_str(), &hc.resource_path) {
         ("TCP", Some(_)) => {
@@ -212,16 +206,18 @@ fn check_health_check_config(
     }))
 }
 
-fn service_name_taken(tx: &Connection, ns: &NamespaceRow, name: &str) -> Result<Option<(String, String, Option<String>)>> {
+fn service_name_taken(
+    tx: &Connection,
+    ns: &NamespaceRow,
+    name: &str,
+) -> Result<Option<(String, String, Option<String>)>> {
     // Names that differ only by case would share a DNS name, so DNS namespaces refuse them.
     let sql = if ns.kind.is_dns() {
         "SELECT id, arn, creator_request_id FROM services WHERE namespace_id = ?1 AND lower(name) = lower(?2)"
     } else {
         "SELECT id, arn, creator_request_id FROM services WHERE namespace_id = ?1 AND name = ?2"
     };
-    Ok(tx
-        .query_row(sql, params![ns.id(), name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
-        .optional()?)
+    Ok(tx.query_row(sql, params![ns.id(), name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?))).optional()?)
 }
 
 impl Registry {
@@ -269,7 +265,11 @@ impl Registry {
         let token = req.creator_request_id.clone();
         let fingerprint = format!(
             "{namespace_id}|{name}|{:?}|{:?}|{:?}|{:?}|{:?}|{new_tags:?}",
-            req.description, req.dns_config, req.health_check_config, req.health_check_custom_config, req.kind
+            req.description,
+            req.dns_config,
+            req.health_check_config,
+            req.health_check_custom_config,
+            req.kind
         );
 
         self.write(|tx, ctx| {
@@ -382,7 +382,9 @@ impl Registry {
                 .map(|(_, s)| s.shape)
                 .filter(|s| {
                     filters.iter().all(|f| match f.name.as_str() {
-                        "NAMESPACE_ID" => identity.resolve("namespace", &f.values[0]) == Some(s.namespace_id.as_str()),
+                        "NAMESPACE_ID" => {
+                            identity.resolve("namespace", &f.values[0]) == Some(s.namespace_id.as_str())
+                        }
                         "RESOURCE_OWNER" => f.values[0] == "SELF",
                         _ => false,
                     })

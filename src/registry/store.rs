@@ -97,20 +97,14 @@ fn check_existing(path: &Path) -> Result<(), StoreError> {
     let unreadable = |source| StoreError::Unreadable { path: path.to_path_buf(), source };
     let corrupt = |detail: String| StoreError::Corrupt { path: path.to_path_buf(), detail };
     // A read-only open still replays a WAL left by a crash in memory, so committed writes count.
-    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .map_err(unreadable)?;
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(unreadable)?;
     let version: Option<i64> = match conn
-        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| {
-            r.get::<_, String>(0)
-        })
+        .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get::<_, String>(0))
         .optional()
     {
         Ok(v) => v.and_then(|s| s.parse().ok()),
         Err(rusqlite::Error::SqliteFailure(e, msg))
-            if matches!(
-                e.code,
-                rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
-            ) =>
+            if matches!(e.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) =>
         {
             return Err(corrupt(msg.unwrap_or_else(|| e.to_string())));
         }
@@ -126,19 +120,14 @@ fn check_existing(path: &Path) -> Result<(), StoreError> {
     if version > SCHEMA_VERSION {
         return Err(StoreError::TooNew { path: path.to_path_buf(), found: version });
     }
-    let check: String = conn
-        .query_row("PRAGMA quick_check", [], |r| r.get(0))
-        .map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, msg)
-                if matches!(
-                    f.code,
-                    rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt
-                ) =>
-            {
-                corrupt(msg.unwrap_or_else(|| f.to_string()))
-            }
-            other => unreadable(other),
-        })?;
+    let check: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, msg)
+            if matches!(f.code, rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt) =>
+        {
+            corrupt(msg.unwrap_or_else(|| f.to_string()))
+        }
+        other => unreadable(other),
+    })?;
     if check != "ok" {
         return Err(corrupt(check));
     }
@@ -163,9 +152,7 @@ pub fn next_revision(tx: &Connection) -> rusqlite::Result<i64> {
 
 #[cfg(test)]
 fn schema_version(conn: &Connection) -> rusqlite::Result<i64> {
-    conn.query_row("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'schema_version'", [], |r| {
-        r.get(0)
-    })
+    conn.query_row("SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
 }
 
 const SCHEMA: &str = "

@@ -9,10 +9,7 @@ use super::{Ctx, Registry, namespaces, services, validate};
 
 pub fn put(tx: &Connection, arn: &str, tags: &[(String, String)]) -> Result<()> {
     for (k, v) in tags {
-        tx.execute(
-            "INSERT OR REPLACE INTO tags (arn, key, value) VALUES (?1, ?2, ?3)",
-            params![arn, k, v],
-        )?;
+        tx.execute("INSERT OR REPLACE INTO tags (arn, key, value) VALUES (?1, ?2, ?3)", params![arn, k, v])?;
     }
     Ok(())
 }
@@ -39,7 +36,8 @@ impl Registry {
         self.write(|tx, ctx| {
             let arn = resource(tx, ctx, &arn)?;
             put(tx, &arn, &new)?;
-            let total: i64 = tx.query_row("SELECT count(*) FROM tags WHERE arn = ?1", [&arn], |r| r.get(0))?;
+            let total: i64 =
+                tx.query_row("SELECT count(*) FROM tags WHERE arn = ?1", [&arn], |r| r.get(0))?;
             if total as usize > validate::MAX_TAGS_PER_RESOURCE {
                 // Returning the error rolls the transaction back: no tag of this call is kept.
                 return Err(RegistryError::TooManyTags {
@@ -75,7 +73,9 @@ impl Registry {
             let arn = resource(conn, ctx, &arn)?;
             let mut stmt = conn.prepare("SELECT key, value FROM tags WHERE arn = ?1 ORDER BY key")?;
             let tags = stmt
-                .query_map([&arn], |r| Ok(json!({ "Key": r.get::<_, String>(0)?, "Value": r.get::<_, String>(1)? })))?
+                .query_map([&arn], |r| {
+                    Ok(json!({ "Key": r.get::<_, String>(0)?, "Value": r.get::<_, String>(1)? }))
+                })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(json!({ "Tags": tags }))
         })

@@ -30,9 +30,7 @@ pub fn required<'a, T>(value: &'a Option<T>, field: &str) -> Result<&'a T> {
 
 pub fn max_len(value: &str, max: usize, field: &str) -> Result<()> {
     if value.chars().count() > max {
-        return Err(RegistryError::invalid(format!(
-            "{field} must be at most {max} characters long"
-        )));
+        return Err(RegistryError::invalid(format!("{field} must be at most {max} characters long")));
     }
     Ok(())
 }
@@ -159,15 +157,17 @@ pub fn attribute_map(attrs: &BTreeMap<String, String>, field: &str) -> Result<()
 }
 
 pub fn ipv4(value: &str) -> Result<()> {
-    value.parse::<Ipv4Addr>().map(|_| ()).map_err(|_| {
-        RegistryError::invalid(format!("AWS_INSTANCE_IPV4 '{value}' is not an IPv4 address"))
-    })
+    value
+        .parse::<Ipv4Addr>()
+        .map(|_| ())
+        .map_err(|_| RegistryError::invalid(format!("AWS_INSTANCE_IPV4 '{value}' is not an IPv4 address")))
 }
 
 pub fn ipv6(value: &str) -> Result<()> {
-    value.parse::<Ipv6Addr>().map(|_| ()).map_err(|_| {
-        RegistryError::invalid(format!("AWS_INSTANCE_IPV6 '{value}' is not an IPv6 address"))
-    })
+    value
+        .parse::<Ipv6Addr>()
+        .map(|_| ())
+        .map_err(|_| RegistryError::invalid(format!("AWS_INSTANCE_IPV6 '{value}' is not an IPv6 address")))
 }
 
 pub fn port(value: &str) -> Result<()> {
@@ -201,9 +201,7 @@ pub fn tags(tags: &[Tag]) -> Result<Vec<(String, String)>> {
             return Err(RegistryError::invalid("Tags.Key must be 1 to 128 characters long"));
         }
         if key.to_ascii_lowercase().starts_with("aws:") {
-            return Err(RegistryError::invalid(format!(
-                "Tags.Key '{key}' uses the reserved prefix 'aws:'"
-            )));
+            return Err(RegistryError::invalid(format!("Tags.Key '{key}' uses the reserved prefix 'aws:'")));
         }
         max_len(value, 256, "Tags.Value")?;
         out.push((key.clone(), value.clone()));
