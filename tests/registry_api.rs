@@ -202,6 +202,26 @@ async fn namespaces_lifecycle_and_operations() {
         .unwrap_err();
     assert_eq!(code(&wrong_type), "InvalidInput");
 
+    let soa = |ttl: i64| {
+        sd::types::PrivateDnsNamespacePropertiesChange::builder()
+            .dns_properties(
+                sd::types::PrivateDnsPropertiesMutableChange::builder()
+                    .soa(sd::types::SoaChange::builder().ttl(ttl).build().unwrap())
+                    .build(),
+            )
+            .build()
+    };
+    c.update_private_dns_namespace()
+        .id(&private_id)
+        .namespace(sd::types::PrivateDnsNamespaceChange::builder().description("vpc zone").properties(soa(120)).build())
+        .send()
+        .await
+        .unwrap();
+    let p = c.get_namespace().id(&private_id).send().await.unwrap();
+    let p = p.namespace().unwrap();
+    assert_eq!(p.description(), Some("vpc zone"));
+    assert_eq!(p.properties().unwrap().dns_properties().unwrap().soa().unwrap().ttl(), 120);
+
     let dup = c.create_http_namespace().name("shop").send().await.unwrap_err();
     assert_eq!(code(&dup), "NamespaceAlreadyExists");
 
@@ -474,6 +494,8 @@ async fn instances_health_and_discovery() {
     );
     let only = c.get_instances_health_status().service_id(&svc).instances("web-2").send().await.unwrap();
     assert_eq!(only.status().unwrap().len(), 1);
+    let err = c.get_instances_health_status().service_id(&svc).instances("nope").send().await.unwrap_err();
+    assert_eq!(code(&err), "InstanceNotFound");
 
     c.update_instance_custom_health_status()
         .service_id(&svc)
