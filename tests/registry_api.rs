@@ -213,7 +213,12 @@ async fn namespaces_lifecycle_and_operations() {
     };
     c.update_private_dns_namespace()
         .id(&private_id)
-        .namespace(sd::types::PrivateDnsNamespaceChange::builder().description("vpc zone").properties(soa(120)).build())
+        .namespace(
+            sd::types::PrivateDnsNamespaceChange::builder()
+                .description("vpc zone")
+                .properties(soa(120))
+                .build(),
+        )
         .send()
         .await
         .unwrap();
