@@ -292,6 +292,7 @@ impl Registry {
                 params![svc.id(), instance_id, token, attrs_json, health],
             )?;
             bump_revision(tx, svc.id())?;
+            services::changed_instances(tx, ctx, &svc)?;
             let op = operations::record(
                 tx,
                 ctx,
@@ -320,6 +321,7 @@ impl Registry {
                 )));
             }
             bump_revision(tx, svc.id())?;
+            services::changed_instances(tx, ctx, &svc)?;
             let op = operations::record(
                 tx,
                 ctx,
@@ -470,6 +472,9 @@ impl Registry {
                 "UPDATE instances SET health = ?1, pending_health = ?2, pending_health_at = ?3 WHERE service_id = ?4 AND id = ?5",
                 params![health, pending, at, svc.id(), inst.id],
             )?;
+            if at.is_none() {
+                services::changed_instances(tx, ctx, &svc)?;
+            }
             Ok(at.is_some())
         })?;
         if scheduled {
@@ -542,6 +547,52 @@ impl Registry {
                 })
                 .collect();
             Ok(DiscoverOutput { instances, revision: svc.revision })
+        })
+    }
+
+    /// Every instance of a service with its health, for in-process readers (the DNS cache): no
+    /// MaxResults cap, no shuffling and no health filter, which the reader applies itself.
+    pub fn instances_of(&self, namespace: &str, service: &str) -> Result<DiscoverOutput> {
+        self.read(|conn, ctx| {
+            let ns = namespaces::load_by_http_name(conn, ctx, namespace)?;
+            let svc = services::load_by_name(conn, ctx, &ns, service)?;
+            let instances = load_all(conn, ctx, svc.id())?
+                .into_iter()
+                .map(|i| HttpInstanceSummary {
+                    instance_id: i.id,
+                    namespace_name: namespace.to_string(),
+                    service_name: svc.shape.name.clone(),
+                    health_status: i.health,
+                    attributes: i.attributes,
+                })
+                .collect();
+            Ok(DiscoverOutput { instances, revision: svc.revision })
+        })
+    }
+
+    /// The names of the services in a namespace, and one service attribute of each.
+    pub fn services_of(&self, namespace: &str, attribute: &str) -> Result<Vec<(String, Option<String>)>> {
+        self.read(|conn, ctx| {
+            let ns = namespaces::load_by_http_name(conn, ctx, namespace)?;
+            let mut stmt = conn.prepare(
+                "SELECT s.name, a.value FROM services s
+                 LEFT JOIN service_attributes a ON a.service_id = s.id AND a.key = ?2
+                 WHERE s.namespace_id = ?1 ORDER BY s.seq",
+            )?;
+            let rows = stmt
+                .query_map(params![ns.id(), attribute], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
+        })
+    }
+
+    /// Every namespace as (Name, HttpName), oldest first.
+    pub fn namespace_names(&self) -> Result<Vec<(String, String)>> {
+        self.read(|conn, _| {
+            let mut stmt = conn.prepare("SELECT name, http_name FROM namespaces ORDER BY seq")?;
+            let rows =
+                stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(rows)
         })
     }
 

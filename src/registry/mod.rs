@@ -94,17 +94,36 @@ struct Inner {
     clock: Clock,
     /// Wakes the task that applies delayed custom health changes when a new one is scheduled.
     health_changed: tokio::sync::Notify,
+    /// Committed changes, for in-process readers (the DNS cache) that must see them at once.
+    changes: tokio::sync::broadcast::Sender<Change>,
+}
+
+/// What a committed write changed, as in-process readers need to know it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A namespace was created, updated or deleted.
+    Namespaces,
+    /// A service was created, updated or deleted in the namespace with this HttpName.
+    Services { namespace: String },
+    /// A service's instances, their health, or its attributes changed.
+    Instances { namespace: String, service: String },
 }
 
 /// What an operation sees besides the database: the time of the request and the settings.
 pub(crate) struct Ctx<'a> {
     pub now: f64,
     pub settings: &'a RegistrySettings,
+    /// Changes made by the current transaction, announced once it commits.
+    changes: std::cell::RefCell<Vec<Change>>,
 }
 
 impl Ctx<'_> {
     pub fn identity(&self) -> &Identity {
         &self.settings.identity
+    }
+
+    pub fn changed(&self, change: Change) {
+        self.changes.borrow_mut().push(change);
     }
 }
 
@@ -126,6 +145,7 @@ impl Registry {
                 settings,
                 clock,
                 health_changed: tokio::sync::Notify::new(),
+                changes: tokio::sync::broadcast::channel(4096).0,
             }),
         })
     }
@@ -154,7 +174,13 @@ impl Registry {
     }
 
     fn ctx(&self) -> Ctx<'_> {
-        Ctx { now: (self.inner.clock)(), settings: &self.inner.settings }
+        Ctx { now: (self.inner.clock)(), settings: &self.inner.settings, changes: Default::default() }
+    }
+
+    /// Committed changes, as they happen. A receiver that lags gets `RecvError::Lagged` and must
+    /// re-read everything it holds.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
     }
 
     /// Runs `f` in one immediate transaction, committed before returning: all or nothing.
@@ -164,6 +190,13 @@ impl Registry {
         let tx = store.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx, &ctx)?;
         tx.commit()?;
+        drop(store);
+        let mut changes = ctx.changes.into_inner();
+        changes.dedup();
+        for change in changes {
+            // No receiver is fine: nothing in process is reading.
+            let _ = self.inner.changes.send(change);
+        }
         Ok(out)
     }
 
@@ -176,6 +209,17 @@ impl Registry {
     /// Applies delayed custom health changes that are due, and says when the next one is.
     pub fn apply_due_health(&self) -> Result<Option<f64>> {
         self.write(|tx, ctx| {
+            let mut due = tx.prepare(
+                "SELECT DISTINCT n.http_name, s.name FROM instances i
+                 JOIN services s ON s.id = i.service_id JOIN namespaces n ON n.id = s.namespace_id
+                 WHERE i.pending_health_at IS NOT NULL AND i.pending_health_at <= ?1",
+            )?;
+            let services = due
+                .query_map([ctx.now], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            for (namespace, service) in services {
+                ctx.changed(Change::Instances { namespace, service });
+            }
             tx.execute(
                 "UPDATE instances SET health = pending_health, pending_health = NULL, pending_health_at = NULL
                  WHERE pending_health_at IS NOT NULL AND pending_health_at <= ?1",

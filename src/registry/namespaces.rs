@@ -176,6 +176,7 @@ impl Registry {
                 params![id, arn, name, http_name, kind.as_str(), req.description, vpc, hosted_zone, soa_ttl, token, ctx.now],
             )?;
             tags::put(tx, &arn, &new_tags)?;
+            ctx.changed(super::Change::Namespaces);
             let op = operations::record(tx, ctx, operations::CREATE_NAMESPACE, Targets { namespace: Some(&id), ..Default::default() })?;
             operations::remember(tx, "namespace", token, &fingerprint, Some(&op), Some(&id))?;
             Ok(json!({ "OperationId": op }))
@@ -294,6 +295,7 @@ impl Registry {
             if let Some(ttl) = soa_ttl {
                 tx.execute("UPDATE namespaces SET soa_ttl = ?1 WHERE id = ?2", params![ttl, ns.id()])?;
             }
+            ctx.changed(super::Change::Namespaces);
             let op = operations::record(
                 tx,
                 ctx,
@@ -322,6 +324,7 @@ impl Registry {
                 [format!("update-namespace:{}", ns.id())],
             )?;
             tx.execute("DELETE FROM namespaces WHERE id = ?1", [ns.id()])?;
+            ctx.changed(super::Change::Namespaces);
             let op = operations::record(
                 tx,
                 ctx,

@@ -343,6 +343,7 @@ impl Registry {
             )?;
             tags::put(tx, &arn, &new_tags)?;
             operations::remember(tx, "service", token.as_deref(), &fingerprint, None, Some(&id))?;
+            ctx.changed(super::Change::Services { namespace: ns.shape.properties.http_properties.http_name.clone() });
             let svc = load(tx, ctx, &id)?;
             Ok(json!({ "Service": svc.shape }))
         })
@@ -448,6 +449,7 @@ impl Registry {
                 "UPDATE services SET description = ?1, dns_config = ?2, health_check_config = ?3 WHERE id = ?4",
                 params![description, to_json_col(&dns_config), to_json_col(&hc), svc.id()],
             )?;
+            ctx.changed(super::Change::Services { namespace: ns.shape.properties.http_properties.http_name.clone() });
             let op = operations::record(tx, ctx, operations::UPDATE_SERVICE, Targets { service: Some(svc.id()), namespace: Some(&svc.namespace_id), ..Default::default() })?;
             Ok(json!({ "OperationId": op }))
         })
@@ -468,6 +470,10 @@ impl Registry {
             tx.execute("DELETE FROM service_attributes WHERE service_id = ?1", [svc.id()])?;
             tx.execute("DELETE FROM idempotency WHERE scope = ?1", [format!("instance:{}", svc.id())])?;
             tx.execute("DELETE FROM services WHERE id = ?1", [svc.id()])?;
+            let ns = namespaces::load(tx, ctx, &svc.namespace_id)?;
+            ctx.changed(super::Change::Services {
+                namespace: ns.shape.properties.http_properties.http_name.clone(),
+            });
             Ok(json!({}))
         })
     }
@@ -515,6 +521,7 @@ impl Registry {
                     params![svc.id(), k, v],
                 )?;
             }
+            changed_instances(tx, ctx, &svc)?;
             Ok(json!({}))
         })
     }
@@ -536,6 +543,7 @@ impl Registry {
                     params![svc.id(), k],
                 )?;
             }
+            changed_instances(tx, ctx, &svc)?;
             Ok(json!({}))
         })
     }
@@ -547,4 +555,14 @@ pub fn service_attributes(conn: &Connection, service_id: &str) -> Result<BTreeMa
         .query_map([service_id], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<BTreeMap<String, String>>>()?;
     Ok(rows)
+}
+
+/// Announces that what DiscoverInstances (or a service's attributes) gives for `svc` changed.
+pub fn changed_instances(conn: &Connection, ctx: &Ctx, svc: &ServiceRow) -> Result<()> {
+    let ns = namespaces::load(conn, ctx, &svc.namespace_id)?;
+    ctx.changed(super::Change::Instances {
+        namespace: ns.shape.properties.http_properties.http_name.clone(),
+        service: svc.shape.name.clone(),
+    });
+    Ok(())
 }

@@ -1,0 +1,341 @@
+//! AWS Cloud Map as a backend, through aws-sdk-servicediscovery and the standard credential chain.
+//!
+//! Every call passes one shared rate budget (`Budget`): a token bucket sized to this node's share
+//! of the account's Cloud Map quota, which every node of a fleet shares. Throttling answers
+//! (`RequestLimitExceeded`) make the whole budget back off, exponentially and with jitter. The
+//! SDK's own retries are off, so each call counted here is exactly one request at the backend.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_sdk_servicediscovery as sd;
+use aws_smithy_runtime_api::box_error::BoxError;
+use aws_smithy_runtime_api::client::interceptors::Intercept;
+use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
+use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
+use aws_smithy_types::config_bag::ConfigBag;
+use rand::Rng;
+use sd::error::ProvideErrorMetadata;
+use tokio::time::Instant;
+
+use super::{Backend, BackendError, Change, Discovered, DiscoveredInstance, NamespaceRef, ServiceInfo};
+
+#[derive(Debug, Clone)]
+pub struct AwsSettings {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub data_endpoint_url: Option<String>,
+    /// Calls per second this node may make, all operations together.
+    pub rate_limit: f64,
+    pub call_timeout: Duration,
+}
+
+pub struct Aws {
+    control: sd::Client,
+    data: sd::Client,
+    budget: Budget,
+}
+
+/// aws-sdk-servicediscovery sends DiscoverInstances and DiscoverInstancesRevision to
+/// `data-<host>` (AWS serves them on `data-servicediscovery.<region>`). A custom endpoint has no
+/// such name, and the SDK has no switch, so this strips the prefix again before signing.
+#[derive(Debug)]
+pub struct StripDataHostPrefix;
+
+impl Intercept for StripDataHostPrefix {
+    fn name(&self) -> &'static str {
+        "StripDataHostPrefix"
+    }
+
+    fn modify_before_signing(
+        &self,
+        context: &mut BeforeTransmitInterceptorContextMut<'_>,
+        _rc: &RuntimeComponents,
+        _cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let request = context.request_mut();
+        let uri = request.uri().to_string();
+        for scheme in ["http://", "https://"] {
+            if let Some(rest) = uri.strip_prefix(&format!("{scheme}data-")) {
+                request.set_uri(format!("{scheme}{rest}"))?;
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Aws {
+    pub async fn new(settings: &AwsSettings) -> Aws {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+        if let Some(region) = &settings.region {
+            loader = loader.region(aws_config::Region::new(region.clone()));
+        }
+        let shared = loader.load().await;
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .operation_timeout(settings.call_timeout)
+            .connect_timeout(settings.call_timeout)
+            .build();
+        let base = sd::config::Builder::from(&shared)
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(timeouts);
+        let mut control = base.clone();
+        if let Some(url) = &settings.endpoint_url {
+            control = control.endpoint_url(url);
+        }
+        let mut data = base;
+        if let Some(url) = settings.data_endpoint_url.as_ref().or(settings.endpoint_url.as_ref()) {
+            data = data.endpoint_url(url).interceptor(StripDataHostPrefix);
+        }
+        Aws {
+            control: sd::Client::from_conf(control.build()),
+            data: sd::Client::from_conf(data.build()),
+            budget: Budget::new(settings.rate_limit),
+        }
+    }
+
+    /// Runs one call within the budget, classifying its failure.
+    async fn call<T, E, F, Fut>(&self, f: F) -> Result<T, BackendError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, sd::error::SdkError<E>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        self.budget.acquire().await;
+        match f().await {
+            Ok(v) => {
+                self.budget.succeeded();
+                Ok(v)
+            }
+            Err(e) => {
+                let err = classify(&e);
+                if matches!(err, BackendError::Throttled(_)) {
+                    self.budget.throttled();
+                }
+                Err(err)
+            }
+        }
+    }
+
+    async fn namespace_id(&self, ns: &NamespaceRef) -> Result<String, BackendError> {
+        let filter = sd::types::NamespaceFilter::builder()
+            .name(sd::types::NamespaceFilterName::HttpName)
+            .values(&ns.http_name)
+            .condition(sd::types::FilterCondition::Eq)
+            .build()
+            .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        let mut token = None;
+        loop {
+            let page = self
+                .call(|| {
+                    self.control
+                        .list_namespaces()
+                        .filters(filter.clone())
+                        .set_next_token(token.clone())
+                        .send()
+                })
+                .await?;
+            for n in page.namespaces() {
+                let http = n.properties().and_then(|p| p.http_properties()).and_then(|h| h.http_name());
+                let owner_ok = ns.owner_account.as_deref().is_none_or(|a| n.resource_owner() == Some(a));
+                if http == Some(ns.http_name.as_str()) && owner_ok {
+                    // Shared namespaces are named by ARN; our own by id.
+                    let id = if ns.owner_account.is_some() { n.arn() } else { n.id() };
+                    return id
+                        .map(str::to_string)
+                        .ok_or_else(|| BackendError::Unavailable("namespace without id".into()));
+                }
+            }
+            match page.next_token() {
+                Some(t) => token = Some(t.to_string()),
+                None => {
+                    return Err(BackendError::NotFound(format!(
+                        "no namespace with HttpName {}",
+                        ns.http_name
+                    )));
+                }
+            }
+        }
+    }
+}
+
+fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
+    e: &sd::error::SdkError<E>,
+) -> BackendError {
+    let code = e.code().unwrap_or_default();
+    let message = format!("{code}: {}", e.message().unwrap_or(&e.to_string()));
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    match code {
+        "ServiceNotFound" | "NamespaceNotFound" => BackendError::NotFound(message),
+        "RequestLimitExceeded" | "ThrottlingException" | "TooManyRequestsException" | "Throttling" => {
+            BackendError::Throttled(message)
+        }
+        _ if status == Some(429) => BackendError::Throttled(message),
+        _ => BackendError::Unavailable(if code.is_empty() { format!("{e:?}") } else { message }),
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Aws {
+    fn kind(&self) -> &'static str {
+        "aws"
+    }
+
+    async fn default_zones(&self) -> Result<Vec<(String, String)>, BackendError> {
+        Ok(Vec::new())
+    }
+
+    async fn services(&self, ns: &NamespaceRef) -> Result<Vec<ServiceInfo>, BackendError> {
+        let id = self.namespace_id(ns).await?;
+        let filter = sd::types::ServiceFilter::builder()
+            .name(sd::types::ServiceFilterName::NamespaceId)
+            .values(&id)
+            .condition(sd::types::FilterCondition::Eq)
+            .build()
+            .map_err(|e| BackendError::Unavailable(e.to_string()))?;
+        let mut out = Vec::new();
+        let mut token = None;
+        loop {
+            let page = self
+                .call(|| {
+                    self.control.list_services().filters(filter.clone()).set_next_token(token.clone()).send()
+                })
+                .await?;
+            out.extend(
+                page.services()
+                    .iter()
+                    .filter_map(|s| s.name())
+                    .map(|name| ServiceInfo { name: name.to_string(), grpc_config: None }),
+            );
+            match page.next_token() {
+                Some(t) => token = Some(t.to_string()),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    async fn discover(&self, ns: &NamespaceRef, service: &str) -> Result<Discovered, BackendError> {
+        let out = self
+            .call(|| {
+                self.data
+                    .discover_instances()
+                    .namespace_name(&ns.http_name)
+                    .service_name(service)
+                    .set_owner_account(ns.owner_account.clone())
+                    .health_status(sd::types::HealthStatusFilter::All)
+                    .max_results(1000)
+                    .send()
+            })
+            .await?;
+        Ok(Discovered {
+            revision: out.instances_revision().unwrap_or_default(),
+            instances: out
+                .instances()
+                .iter()
+                .map(|i| DiscoveredInstance {
+                    id: i.instance_id().unwrap_or_default().to_string(),
+                    health: i.health_status().map_or("UNKNOWN", |h| h.as_str()).to_string(),
+                    attributes: i
+                        .attributes()
+                        .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                        .unwrap_or_default(),
+                })
+                .collect(),
+        })
+    }
+
+    async fn revision(&self, ns: &NamespaceRef, service: &str) -> Result<i64, BackendError> {
+        let out = self
+            .call(|| {
+                self.data
+                    .discover_instances_revision()
+                    .namespace_name(&ns.http_name)
+                    .service_name(service)
+                    .set_owner_account(ns.owner_account.clone())
+                    .send()
+            })
+            .await?;
+        Ok(out.instances_revision().unwrap_or_default())
+    }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        None
+    }
+}
+
+/// One token bucket for every call to Cloud Map, with a shared back-off after throttling.
+pub struct Budget {
+    rate: f64,
+    state: Mutex<BudgetState>,
+}
+
+struct BudgetState {
+    /// The time the next call may start; calls are spaced 1/rate apart, with a one-second burst.
+    next: Instant,
+    /// Current back-off after throttling; doubles on each throttle, halves on each success.
+    penalty: Duration,
+}
+
+const MAX_PENALTY: Duration = Duration::from_secs(30);
+
+impl Budget {
+    pub fn new(rate: f64) -> Budget {
+        let now = Instant::now();
+        let next = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+        Budget { rate: rate.max(0.001), state: Mutex::new(BudgetState { next, penalty: Duration::ZERO }) }
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// Waits for this call's turn.
+    pub async fn acquire(&self) {
+        let at = {
+            let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            // Unused capacity accumulates for at most one second (the burst).
+            let earliest = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+            let at = s.next.max(earliest);
+            s.next = at + Duration::from_secs_f64(1.0 / self.rate);
+            at
+        };
+        tokio::time::sleep_until(at).await;
+    }
+
+    pub fn throttled(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.penalty = (s.penalty * 2).clamp(Duration::from_millis(200), MAX_PENALTY);
+        // Full jitter: fleets that were throttled together must not retry together.
+        let wait = s.penalty.mul_f64(rand::rng().random_range(0.5..=1.0));
+        s.next = s.next.max(Instant::now() + wait);
+    }
+
+    pub fn succeeded(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.penalty /= 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn budget_spaces_calls_and_backs_off() {
+        let b = Budget::new(10.0);
+        let start = Instant::now();
+        for _ in 0..30 {
+            b.acquire().await;
+        }
+        // 10 of burst, then 20 more at 10/s.
+        let spent = start.elapsed();
+        assert!(spent >= Duration::from_millis(1900) && spent <= Duration::from_millis(2100), "{spent:?}");
+
+        let before = Instant::now();
+        b.throttled();
+        b.throttled();
+        b.acquire().await;
+        assert!(before.elapsed() >= Duration::from_millis(200), "backed off: {:?}", before.elapsed());
+    }
+}

@@ -1,0 +1,69 @@
+//! The embedded registry as a backend: in-process calls on the blocking pool, and the registry's
+//! change stream, so the DNS cache refetches a service the moment a write to it commits.
+
+use crate::registry::{Registry, RegistryError};
+
+use super::{Backend, BackendError, Change, Discovered, DiscoveredInstance, NamespaceRef, ServiceInfo};
+
+pub struct Embedded {
+    registry: Registry,
+}
+
+impl Embedded {
+    pub fn new(registry: Registry) -> Embedded {
+        Embedded { registry }
+    }
+}
+
+fn map_err(e: RegistryError) -> BackendError {
+    match e {
+        RegistryError::NamespaceNotFound(m) | RegistryError::ServiceNotFound(m) => BackendError::NotFound(m),
+        other => BackendError::Unavailable(other.to_string()),
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for Embedded {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn default_zones(&self) -> Result<Vec<(String, String)>, BackendError> {
+        self.registry.call(|r| r.namespace_names()).await.map_err(map_err)
+    }
+
+    async fn services(&self, ns: &NamespaceRef) -> Result<Vec<ServiceInfo>, BackendError> {
+        let namespace = ns.http_name.clone();
+        let rows = self
+            .registry
+            .call(move |r| r.services_of(&namespace, super::GRPC_CONFIG_ATTRIBUTE))
+            .await
+            .map_err(map_err)?;
+        Ok(rows.into_iter().map(|(name, grpc_config)| ServiceInfo { name, grpc_config }).collect())
+    }
+
+    async fn discover(&self, ns: &NamespaceRef, service: &str) -> Result<Discovered, BackendError> {
+        let (namespace, service) = (ns.http_name.clone(), service.to_string());
+        let out = self.registry.call(move |r| r.instances_of(&namespace, &service)).await.map_err(map_err)?;
+        Ok(Discovered {
+            revision: out.revision,
+            instances: out
+                .instances
+                .into_iter()
+                .map(|i| DiscoveredInstance {
+                    id: i.instance_id,
+                    health: i.health_status,
+                    attributes: i.attributes,
+                })
+                .collect(),
+        })
+    }
+
+    async fn revision(&self, ns: &NamespaceRef, service: &str) -> Result<i64, BackendError> {
+        Ok(self.discover(ns, service).await?.revision)
+    }
+
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+        Some(self.registry.subscribe())
+    }
+}

@@ -1,0 +1,80 @@
+//! Where instances come from. One trait, one file per source: `embedded` reads the in-process
+//! registry (and is told of every change as it commits); `aws` calls Cloud Map through
+//! aws-sdk-servicediscovery. Nothing outside this module knows which one is in use.
+
+pub mod aws;
+pub mod embedded;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A namespace as the data plane names it: its HttpName, and its owner for shared namespaces.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NamespaceRef {
+    pub http_name: String,
+    pub owner_account: Option<String>,
+}
+
+/// A service of a namespace, and the gRPC service config its attributes carry, if any.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub name: String,
+    pub grpc_config: Option<String>,
+}
+
+/// Every instance of a service with its health, and the service's InstancesRevision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Discovered {
+    pub revision: i64,
+    pub instances: Vec<DiscoveredInstance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveredInstance {
+    pub id: String,
+    /// HEALTHY, UNHEALTHY, or UNKNOWN (no health check).
+    pub health: String,
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// The service attribute that carries a gRPC service config for `_grpc_config` TXT.
+pub const GRPC_CONFIG_ATTRIBUTE: &str = "grpc_config";
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The namespace or service does not exist: an answer (NXDOMAIN), not an outage.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// RequestLimitExceeded or throttling: back off.
+    #[error("throttled: {0}")]
+    Throttled(String),
+    /// Anything else: the backend cannot be reached or failed.
+    #[error("backend unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What changed in the backend, for backends that can say (the embedded one).
+pub use crate::registry::Change;
+
+#[async_trait::async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// `embedded` or `aws`, for `_cloudmap` TXT and logs.
+    fn kind(&self) -> &'static str;
+
+    /// Namespaces served as zones when none are configured: (Name, HttpName). The aws backend
+    /// serves configured zones only and returns none.
+    async fn default_zones(&self) -> Result<Vec<(String, String)>, BackendError>;
+
+    /// The services of a namespace.
+    async fn services(&self, ns: &NamespaceRef) -> Result<Vec<ServiceInfo>, BackendError>;
+
+    /// All instances of a service (DiscoverInstances, HealthStatus ALL).
+    async fn discover(&self, ns: &NamespaceRef, service: &str) -> Result<Discovered, BackendError>;
+
+    /// The service's InstancesRevision (DiscoverInstancesRevision).
+    async fn revision(&self, ns: &NamespaceRef, service: &str) -> Result<i64, BackendError>;
+
+    /// Pushed changes, when the backend has them; `None` means poll.
+    fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>>;
+}

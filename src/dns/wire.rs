@@ -1,0 +1,528 @@
+//! DNS wire format, by hand where the hot path needs it: reading a query's header, question and
+//! OPT record straight from the packet, and assembling responses from pre-encoded records.
+//!
+//! Everything here works on bytes and never panics on any input: every read is bounds-checked,
+//! and a query's question may not use compression (nothing precedes it to point at), which rules
+//! out pointer loops by construction.
+
+pub const TYPE_A: u16 = 1;
+pub const TYPE_NS: u16 = 2;
+pub const TYPE_CNAME: u16 = 5;
+pub const TYPE_SOA: u16 = 6;
+pub const TYPE_HINFO: u16 = 13;
+pub const TYPE_TXT: u16 = 16;
+pub const TYPE_AAAA: u16 = 28;
+pub const TYPE_SRV: u16 = 33;
+pub const TYPE_OPT: u16 = 41;
+pub const TYPE_ANY: u16 = 255;
+pub const CLASS_IN: u16 = 1;
+pub const CLASS_ANY: u16 = 255;
+
+pub const RCODE_NOERROR: u8 = 0;
+pub const RCODE_FORMERR: u8 = 1;
+pub const RCODE_SERVFAIL: u8 = 2;
+pub const RCODE_NXDOMAIN: u8 = 3;
+pub const RCODE_NOTIMP: u8 = 4;
+pub const RCODE_REFUSED: u8 = 5;
+/// Extended rcode 16 (BADVERS): upper bits 1 in OPT, lower bits 0 in the header.
+pub const RCODE_BADVERS: u16 = 16;
+
+pub const EDE_STALE_ANSWER: u16 = 3;
+pub const EDE_NO_REACHABLE_AUTHORITY: u16 = 22;
+pub const EDE_PROHIBITED: u16 = 18;
+const OPTION_EDE: u16 = 15;
+
+/// The UDP payload size this server advertises and will fill at most (the 2020 DNS flag day value).
+pub const MAX_UDP_PAYLOAD: u16 = 1232;
+pub const HEADER_LEN: usize = 12;
+
+/// EDNS(0) as the query asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edns {
+    pub payload: u16,
+    pub version: u8,
+    pub dnssec_ok: bool,
+}
+
+/// A parsed query. Slices borrow the packet, so the question is echoed byte for byte.
+#[derive(Debug, Clone)]
+pub struct Query<'a> {
+    pub id: u16,
+    /// Header flags as received (bits 0-15 of the second header word).
+    pub flags: u16,
+    /// The question section: QNAME, QTYPE, QCLASS.
+    pub question: &'a [u8],
+    /// QNAME in wire form, case as sent.
+    pub qname: &'a [u8],
+    pub qtype: u16,
+    pub qclass: u16,
+    pub edns: Option<Edns>,
+}
+
+impl Query<'_> {
+    pub fn opcode(&self) -> u8 {
+        ((self.flags >> 11) & 0xF) as u8
+    }
+
+    pub fn recursion_desired(&self) -> bool {
+        self.flags & 0x0100 != 0
+    }
+
+    pub fn checking_disabled(&self) -> bool {
+        self.flags & 0x0010 != 0
+    }
+
+    /// The largest response this query's client accepts over UDP.
+    pub fn udp_limit(&self) -> usize {
+        match self.edns {
+            Some(e) => e.payload.clamp(512, MAX_UDP_PAYLOAD) as usize,
+            None => 512,
+        }
+    }
+}
+
+/// Why a packet gets no normal answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reject {
+    /// Not worth a reply: shorter than a header, or a response (QR=1), which answering would
+    /// turn into a reflection loop.
+    Drop,
+    /// Malformed: answer FORMERR with the ID (and the question when it could be read).
+    FormErr { id: u16, flags: u16, question_end: Option<usize> },
+    /// An opcode other than QUERY.
+    NotImp { id: u16, flags: u16, question_end: Option<usize> },
+}
+
+fn u16_at(p: &[u8], at: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]))
+}
+
+fn u32_at(p: &[u8], at: usize) -> Option<u32> {
+    Some(u32::from_be_bytes([*p.get(at)?, *p.get(at + 1)?, *p.get(at + 2)?, *p.get(at + 3)?]))
+}
+
+/// Reads an uncompressed name starting at `at`; returns the offset just past it.
+pub fn read_plain_name(p: &[u8], mut at: usize) -> Option<usize> {
+    let start = at;
+    loop {
+        let len = *p.get(at)? as usize;
+        if len == 0 {
+            at += 1;
+            break;
+        }
+        if len & 0xC0 != 0 {
+            return None;
+        }
+        at += 1 + len;
+        if at - start > 255 {
+            return None;
+        }
+    }
+    (at - start <= 255 && at <= p.len()).then_some(at)
+}
+
+/// Skips a possibly compressed name (a pointer ends it); returns the offset just past it.
+fn skip_name(p: &[u8], mut at: usize) -> Option<usize> {
+    let mut seen = 0;
+    loop {
+        let len = *p.get(at)? as usize;
+        match len & 0xC0 {
+            0x00 if len == 0 => return Some(at + 1),
+            0x00 => at += 1 + len,
+            0xC0 => {
+                p.get(at + 1)?;
+                return Some(at + 2);
+            }
+            _ => return None,
+        }
+        seen += 1 + len;
+        if seen > 255 {
+            return None;
+        }
+    }
+}
+
+/// Parses a query. Never panics; anything it cannot make sense of is a `Reject`.
+pub fn parse_query(p: &[u8]) -> Result<Query<'_>, Reject> {
+    if p.len() < HEADER_LEN {
+        return Err(Reject::Drop);
+    }
+    let id = u16_at(p, 0).ok_or(Reject::Drop)?;
+    let flags = u16_at(p, 2).ok_or(Reject::Drop)?;
+    if flags & 0x8000 != 0 {
+        return Err(Reject::Drop);
+    }
+    let qdcount = u16_at(p, 4).unwrap_or(0);
+    let ancount = u16_at(p, 6).unwrap_or(0);
+    let nscount = u16_at(p, 8).unwrap_or(0);
+    let arcount = u16_at(p, 10).unwrap_or(0);
+    let formerr = |question_end| Reject::FormErr { id, flags, question_end };
+    let opcode = ((flags >> 11) & 0xF) as u8;
+    if qdcount != 1 {
+        return Err(if opcode != 0 {
+            Reject::NotImp { id, flags, question_end: None }
+        } else {
+            formerr(None)
+        });
+    }
+    let name_end = read_plain_name(p, HEADER_LEN).ok_or(formerr(None))?;
+    let question_end = name_end + 4;
+    if question_end > p.len() {
+        return Err(formerr(None));
+    }
+    if opcode != 0 {
+        return Err(Reject::NotImp { id, flags, question_end: Some(question_end) });
+    }
+    let qtype = u16_at(p, name_end).ok_or(formerr(None))?;
+    let qclass = u16_at(p, name_end + 2).ok_or(formerr(None))?;
+    let q = Some(question_end);
+    if ancount != 0 || nscount != 0 {
+        return Err(formerr(q));
+    }
+    // Additional section: at most one OPT, owned by the root (RFC 6891 §6.1.1).
+    let mut at = question_end;
+    let mut edns = None;
+    for _ in 0..arcount {
+        let owner = at;
+        at = skip_name(p, at).ok_or(formerr(q))?;
+        let rtype = u16_at(p, at).ok_or(formerr(q))?;
+        let class = u16_at(p, at + 2).ok_or(formerr(q))?;
+        let ttl = u32_at(p, at + 4).ok_or(formerr(q))?;
+        let rdlen = u16_at(p, at + 8).ok_or(formerr(q))? as usize;
+        let rdata = at + 10;
+        if rdata + rdlen > p.len() {
+            return Err(formerr(q));
+        }
+        if rtype == TYPE_OPT {
+            if edns.is_some() || p.get(owner) != Some(&0) {
+                return Err(formerr(q));
+            }
+            // Options must be well formed, even though none is acted on.
+            let mut o = rdata;
+            while o < rdata + rdlen {
+                let olen = u16_at(p, o + 2).ok_or(formerr(q))? as usize;
+                o += 4 + olen;
+            }
+            if o != rdata + rdlen {
+                return Err(formerr(q));
+            }
+            edns = Some(Edns {
+                payload: class,
+                version: (ttl >> 16) as u8,
+                dnssec_ok: ttl & 0x8000 != 0,
+            });
+        }
+        at = rdata + rdlen;
+    }
+    if at != p.len() {
+        // Trailing bytes after the last record: a malformed (or smuggled) packet.
+        return Err(formerr(q));
+    }
+    Ok(Query { id, flags, question: &p[HEADER_LEN..question_end], qname: &p[HEADER_LEN..name_end], qtype, qclass, edns })
+}
+
+/// Writes `qname` lower-cased into `out` (a cache key), returning its length.
+pub fn lower_name_into(qname: &[u8], out: &mut [u8]) -> usize {
+    let n = qname.len().min(out.len());
+    let mut i = 0;
+    while i < n {
+        let len = qname[i] as usize;
+        out[i] = qname[i];
+        let end = (i + 1 + len).min(n);
+        for j in i + 1..end {
+            out[j] = qname[j].to_ascii_lowercase();
+        }
+        i = end;
+    }
+    n
+}
+
+/// The labels of a wire name, in order (leftmost first).
+pub fn labels(name: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(&len) = name.get(i) {
+        if len == 0 {
+            break;
+        }
+        let end = i + 1 + len as usize;
+        match name.get(i + 1..end) {
+            Some(label) => out.push(label),
+            None => break,
+        }
+        i = end;
+    }
+    out
+}
+
+/// Encodes a dotted name (`a.b.c` or `a.b.c.`) in wire form. `None` if a label is empty or too long.
+pub fn encode_name(dotted: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(dotted.len() + 2);
+    let trimmed = dotted.strip_suffix('.').unwrap_or(dotted);
+    if !trimmed.is_empty() {
+        for label in trimmed.split('.') {
+            if label.is_empty() || label.len() > 63 {
+                return None;
+            }
+            out.push(label.len() as u8);
+            out.extend_from_slice(label.as_bytes());
+        }
+    }
+    out.push(0);
+    (out.len() <= 255).then_some(out)
+}
+
+/// Presentation form of a wire name, for logs and TXT troubleshooting output.
+pub fn name_to_string(name: &[u8]) -> String {
+    let parts: Vec<String> = labels(name).iter().map(|l| String::from_utf8_lossy(l).into_owned()).collect();
+    if parts.is_empty() { ".".into() } else { format!("{}.", parts.join(".")) }
+}
+
+/// One encoded resource record: owner, type, class, TTL and RDATA, ready to copy into a message.
+pub fn record(owner: &[u8], rtype: u16, ttl: u32, rdata: &[u8]) -> Vec<u8> {
+    let mut r = Vec::with_capacity(owner.len() + 10 + rdata.len());
+    r.extend_from_slice(owner);
+    r.extend_from_slice(&rtype.to_be_bytes());
+    r.extend_from_slice(&CLASS_IN.to_be_bytes());
+    r.extend_from_slice(&ttl.to_be_bytes());
+    r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    r.extend_from_slice(rdata);
+    r
+}
+
+/// A compression pointer to `offset` in the message (the question name starts at 12).
+pub fn pointer(offset: usize) -> [u8; 2] {
+    let o = (offset as u16) & 0x3FFF;
+    [0xC0 | (o >> 8) as u8, o as u8]
+}
+
+/// TXT RDATA from strings, each split into character-strings of at most 255 bytes.
+pub fn txt_rdata<S: AsRef<[u8]>>(strings: &[S]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in strings {
+        let s = s.as_ref();
+        if s.is_empty() {
+            out.push(0);
+        }
+        for chunk in s.chunks(255) {
+            out.push(chunk.len() as u8);
+            out.extend_from_slice(chunk);
+        }
+    }
+    out
+}
+
+pub fn soa_rdata(mname: &[u8], rname: &[u8], serial: u32, refresh: u32, retry: u32, expire: u32, minimum: u32) -> Vec<u8> {
+    let mut out = Vec::with_capacity(mname.len() + rname.len() + 20);
+    out.extend_from_slice(mname);
+    out.extend_from_slice(rname);
+    for v in [serial, refresh, retry, expire, minimum] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    out
+}
+
+pub fn srv_rdata(priority: u16, weight: u16, port: u16, target: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(6 + target.len());
+    out.extend_from_slice(&priority.to_be_bytes());
+    out.extend_from_slice(&weight.to_be_bytes());
+    out.extend_from_slice(&port.to_be_bytes());
+    out.extend_from_slice(target);
+    out
+}
+
+/// What the response's OPT record says beyond our payload size.
+#[derive(Debug, Clone, Default)]
+pub struct OptOut<'a> {
+    pub extended_rcode: u8,
+    pub ede: Option<(u16, &'a str)>,
+}
+
+fn opt_record(opt: &OptOut, dnssec_ok: bool) -> Vec<u8> {
+    let mut rdata = Vec::new();
+    if let Some((code, text)) = opt.ede {
+        rdata.extend_from_slice(&OPTION_EDE.to_be_bytes());
+        rdata.extend_from_slice(&((2 + text.len()) as u16).to_be_bytes());
+        rdata.extend_from_slice(&code.to_be_bytes());
+        rdata.extend_from_slice(text.as_bytes());
+    }
+    let mut r = Vec::with_capacity(11 + rdata.len());
+    r.push(0);
+    r.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    r.extend_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
+    r.push(opt.extended_rcode);
+    r.push(0); // EDNS version 0
+    r.extend_from_slice(&(if dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
+    r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+    r.extend_from_slice(&rdata);
+    r
+}
+
+/// The sections of a response, as slices of encoded records.
+pub struct Sections<'a> {
+    pub rcode: u8,
+    pub authoritative: bool,
+    pub recursion_available: bool,
+    pub answer: &'a [&'a [u8]],
+    pub authority: &'a [&'a [u8]],
+    pub additional: &'a [&'a [u8]],
+    pub opt: OptOut<'a>,
+}
+
+/// Assembles a response to `q` into `out`, fitting it into `limit` bytes (RFC 2181 §9): additional
+/// records are dropped first, and TC is set only when the answer and authority sections do not fit,
+/// in which case they are left out whole. Returns whether TC was set.
+pub fn write_response(q: &Query, s: &Sections, limit: usize, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let opt = q.edns.map(|e| opt_record(&s.opt, e.dnssec_ok));
+    let opt_len = opt.as_ref().map_or(0, Vec::len);
+    let base = HEADER_LEN + q.question.len() + opt_len;
+    let required: usize = s.answer.iter().chain(s.authority).map(|r| r.len()).sum();
+    let truncated = base + required > limit;
+    let (answer, authority): (&[&[u8]], &[&[u8]]) = if truncated { (&[], &[]) } else { (s.answer, s.authority) };
+    let mut room = limit.saturating_sub(base + if truncated { 0 } else { required });
+    let mut additional = 0;
+    if !truncated {
+        for r in s.additional {
+            if r.len() > room {
+                break;
+            }
+            room -= r.len();
+            additional += 1;
+        }
+    }
+    let mut flags: u16 = 0x8000 | (q.flags & 0x7900); // QR, opcode, RD; CD below
+    if s.authoritative {
+        flags |= 0x0400;
+    }
+    if truncated {
+        flags |= 0x0200;
+    }
+    if s.recursion_available {
+        flags |= 0x0080;
+    }
+    flags |= q.flags & 0x0010;
+    flags |= (s.rcode & 0x0F) as u16;
+    out.extend_from_slice(&q.id.to_be_bytes());
+    out.extend_from_slice(&flags.to_be_bytes());
+    out.extend_from_slice(&1u16.to_be_bytes());
+    out.extend_from_slice(&(answer.len() as u16).to_be_bytes());
+    out.extend_from_slice(&(authority.len() as u16).to_be_bytes());
+    out.extend_from_slice(&((additional + opt.is_some() as usize) as u16).to_be_bytes());
+    out.extend_from_slice(q.question);
+    for r in answer.iter().chain(authority).chain(&s.additional[..additional]) {
+        out.extend_from_slice(r);
+    }
+    if let Some(opt) = opt {
+        out.extend_from_slice(&opt);
+    }
+    truncated
+}
+
+/// A response carrying only a header (and the question, when it could be read): FORMERR, NOTIMP.
+pub fn write_error(packet: &[u8], id: u16, flags: u16, question_end: Option<usize>, rcode: u8, out: &mut Vec<u8>) {
+    out.clear();
+    let question = question_end.and_then(|end| packet.get(HEADER_LEN..end)).unwrap_or_default();
+    let flags = 0x8000 | (flags & 0x7900) | (flags & 0x0010) | rcode as u16;
+    out.extend_from_slice(&id.to_be_bytes());
+    out.extend_from_slice(&flags.to_be_bytes());
+    out.extend_from_slice(&(!question.is_empty() as u16).to_be_bytes());
+    out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+    out.extend_from_slice(question);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn query(name: &str, qtype: u16, edns: Option<(u16, u8)>) -> Vec<u8> {
+        let mut p = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, edns.is_some() as u8];
+        p.extend(encode_name(name).unwrap());
+        p.extend(qtype.to_be_bytes());
+        p.extend(CLASS_IN.to_be_bytes());
+        if let Some((size, version)) = edns {
+            p.push(0);
+            p.extend(TYPE_OPT.to_be_bytes());
+            p.extend(size.to_be_bytes());
+            p.extend([0, version, 0, 0, 0, 0]);
+        }
+        p
+    }
+
+    #[test]
+    fn parses_a_query_with_edns() {
+        let p = query("Orders.Demo", TYPE_SRV, Some((4096, 0)));
+        let q = parse_query(&p).unwrap();
+        assert_eq!(q.id, 0x1234);
+        assert_eq!(q.qtype, TYPE_SRV);
+        assert_eq!(name_to_string(q.qname), "Orders.Demo.");
+        assert_eq!(q.edns.unwrap().payload, 4096);
+        assert_eq!(q.udp_limit(), MAX_UDP_PAYLOAD as usize);
+        let mut key = [0u8; 255];
+        let n = lower_name_into(q.qname, &mut key);
+        assert_eq!(&key[..n], encode_name("orders.demo").unwrap().as_slice());
+    }
+
+    #[test]
+    fn rejects_what_it_must() {
+        assert_eq!(parse_query(&[0; 5]), Err(Reject::Drop));
+        let mut response = query("a.b", TYPE_A, None);
+        response[2] |= 0x80;
+        assert_eq!(parse_query(&response), Err(Reject::Drop));
+        let mut notify = query("a.b", TYPE_SOA, None);
+        notify[2] = 0x20; // opcode 4
+        assert!(matches!(parse_query(&notify), Err(Reject::NotImp { .. })));
+        // A compression pointer in the question (a loop to itself) is malformed.
+        let mut looped = query("a", TYPE_A, None);
+        looped.truncate(12);
+        looped.extend([0xC0, 12, 0, 1, 0, 1]);
+        assert!(matches!(parse_query(&looped), Err(Reject::FormErr { .. })));
+        let mut trailing = query("a.b", TYPE_A, None);
+        trailing.push(0);
+        assert!(matches!(parse_query(&trailing), Err(Reject::FormErr { .. })));
+        let mut two_opts = query("a.b", TYPE_A, Some((1232, 0)));
+        two_opts[11] = 2;
+        two_opts.extend([0, 0, 41, 4, 0, 0, 0, 0, 0, 0, 0]);
+        assert!(matches!(parse_query(&two_opts), Err(Reject::FormErr { .. })));
+    }
+
+    #[test]
+    fn truncation_drops_additional_before_setting_tc() {
+        let p = query("x.y", TYPE_SRV, None);
+        let q = parse_query(&p).unwrap();
+        let big = vec![0u8; 200];
+        let answer: Vec<&[u8]> = vec![&big];
+        let additional: Vec<&[u8]> = vec![&big, &big];
+        let s = Sections {
+            rcode: 0,
+            authoritative: true,
+            recursion_available: false,
+            answer: &answer,
+            authority: &[],
+            additional: &additional,
+            opt: OptOut::default(),
+        };
+        let mut out = Vec::new();
+        assert!(!write_response(&q, &s, 512, &mut out));
+        assert_eq!(u16::from_be_bytes([out[10], out[11]]), 1, "one additional record fits");
+        assert!(write_response(&q, &s, 200, &mut out));
+        assert_eq!(out[2] & 0x02, 0x02, "TC set");
+        assert_eq!(u16::from_be_bytes([out[6], out[7]]), 0);
+    }
+
+    #[test]
+    fn never_panics_on_random_bytes() {
+        let mut seed = 0x9E3779B97F4A7C15u64;
+        for len in 0..600 {
+            let packet: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect();
+            let _ = parse_query(&packet);
+        }
+    }
+}
