@@ -16,4 +16,6 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod dns;
 pub mod registry;
+pub mod zone;

@@ -45,7 +45,7 @@ pub struct Edns {
 }
 
 /// A parsed query. Slices borrow the packet, so the question is echoed byte for byte.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Query<'a> {
     pub id: u16,
     /// Header flags as received (bits 0-15 of the second header word).
@@ -206,11 +206,7 @@ pub fn parse_query(p: &[u8]) -> Result<Query<'_>, Reject> {
             if o != rdata + rdlen {
                 return Err(formerr(q));
             }
-            edns = Some(Edns {
-                payload: class,
-                version: (ttl >> 16) as u8,
-                dnssec_ok: ttl & 0x8000 != 0,
-            });
+            edns = Some(Edns { payload: class, version: (ttl >> 16) as u8, dnssec_ok: ttl & 0x8000 != 0 });
         }
         at = rdata + rdlen;
     }
@@ -218,7 +214,15 @@ pub fn parse_query(p: &[u8]) -> Result<Query<'_>, Reject> {
         // Trailing bytes after the last record: a malformed (or smuggled) packet.
         return Err(formerr(q));
     }
-    Ok(Query { id, flags, question: &p[HEADER_LEN..question_end], qname: &p[HEADER_LEN..name_end], qtype, qclass, edns })
+    Ok(Query {
+        id,
+        flags,
+        question: &p[HEADER_LEN..question_end],
+        qname: &p[HEADER_LEN..name_end],
+        qtype,
+        qclass,
+        edns,
+    })
 }
 
 /// Writes `qname` lower-cased into `out` (a cache key), returning its length.
@@ -312,7 +316,15 @@ pub fn txt_rdata<S: AsRef<[u8]>>(strings: &[S]) -> Vec<u8> {
     out
 }
 
-pub fn soa_rdata(mname: &[u8], rname: &[u8], serial: u32, refresh: u32, retry: u32, expire: u32, minimum: u32) -> Vec<u8> {
+pub fn soa_rdata(
+    mname: &[u8],
+    rname: &[u8],
+    serial: u32,
+    refresh: u32,
+    retry: u32,
+    expire: u32,
+    minimum: u32,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(mname.len() + rname.len() + 20);
     out.extend_from_slice(mname);
     out.extend_from_slice(rname);
@@ -379,7 +391,8 @@ pub fn write_response(q: &Query, s: &Sections, limit: usize, out: &mut Vec<u8>) 
     let base = HEADER_LEN + q.question.len() + opt_len;
     let required: usize = s.answer.iter().chain(s.authority).map(|r| r.len()).sum();
     let truncated = base + required > limit;
-    let (answer, authority): (&[&[u8]], &[&[u8]]) = if truncated { (&[], &[]) } else { (s.answer, s.authority) };
+    let (answer, authority): (&[&[u8]], &[&[u8]]) =
+        if truncated { (&[], &[]) } else { (s.answer, s.authority) };
     let mut room = limit.saturating_sub(base + if truncated { 0 } else { required });
     let mut additional = 0;
     if !truncated {
@@ -420,7 +433,14 @@ pub fn write_response(q: &Query, s: &Sections, limit: usize, out: &mut Vec<u8>) 
 }
 
 /// A response carrying only a header (and the question, when it could be read): FORMERR, NOTIMP.
-pub fn write_error(packet: &[u8], id: u16, flags: u16, question_end: Option<usize>, rcode: u8, out: &mut Vec<u8>) {
+pub fn write_error(
+    packet: &[u8],
+    id: u16,
+    flags: u16,
+    question_end: Option<usize>,
+    rcode: u8,
+    out: &mut Vec<u8>,
+) {
     out.clear();
     let question = question_end.and_then(|end| packet.get(HEADER_LEN..end)).unwrap_or_default();
     let flags = 0x8000 | (flags & 0x7900) | (flags & 0x0010) | rcode as u16;

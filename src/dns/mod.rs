@@ -1,0 +1,5 @@
+//! The DNS side: wire format (`wire`), pre-encoded answers (`answer`), query handling and the
+//! answer cache (`engine`), and the UDP and TCP listeners (`server`).
+
+pub mod answer;
+pub mod wire;
