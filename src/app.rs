@@ -1,48 +1,177 @@
-//! Start-up and shutdown: open the registry, bind every listener (so a bad address fails before
-//! anything runs), then serve until SIGINT or SIGTERM, then drain.
+//! Start-up and shutdown. Phase one builds and binds everything (the backend, the registry and
+//! its API, the DNS sockets), so a bad address or a bad data dir fails before anything serves;
+//! phase two spawns the servers and waits for SIGINT or SIGTERM, then writes the cache snapshot.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 
-use crate::config::Config;
+use crate::backend::aws::{Aws, AwsSettings};
+use crate::backend::embedded::Embedded;
+use crate::backend::{Backend, NamespaceRef};
+use crate::cache::{Cache, CacheSettings, ZoneSource};
+use crate::config::{BackendKind, Config};
+use crate::dns::engine::{Engine, EngineSettings};
+use crate::dns::server::{self, Listeners, ServerSettings};
+use crate::dns::wire;
 use crate::registry::{self, Registry};
+use crate::zone::Zone;
 
 pub struct Options {
     pub demo: bool,
 }
 
+/// The zones the config names, and the template for zones derived from namespace names.
+fn zone_source(config: &Config) -> ZoneSource {
+    let d = &config.dns;
+    let template = |name: &str, namespace: NamespaceRef| Zone {
+        name: name.trim_end_matches('.').to_ascii_lowercase(),
+        wire: wire::encode_name(&name.to_ascii_lowercase()).unwrap_or_else(|| vec![0]),
+        namespace,
+        health: d.health,
+        ttl: d.ttl,
+        max_answers: d.max_answers,
+        fallthrough: false,
+        grpc_config: None,
+    };
+    let explicit = d
+        .zones
+        .iter()
+        .map(|z| {
+            let mut zone = template(
+                &z.zone,
+                NamespaceRef { http_name: z.namespace.clone(), owner_account: z.account.clone() },
+            );
+            zone.health = z.health.unwrap_or(d.health);
+            zone.ttl = z.ttl.unwrap_or(d.ttl);
+            zone.max_answers = z.max_answers.unwrap_or(d.max_answers);
+            zone.grpc_config = z.grpc_config.clone();
+            zone
+        })
+        .collect::<Vec<_>>();
+    let automatic = (config.backend.kind == BackendKind::Embedded && explicit.is_empty())
+        .then(|| template("auto", NamespaceRef { http_name: String::new(), owner_account: None }));
+    ZoneSource { explicit, automatic }
+}
+
 pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
-    // Phase one: build and bind. Any failure here exits non-zero before serving anything.
-    let registry = Registry::open(&config.data_dir, config.registry_settings())
-        .context("cannot open the embedded registry")?;
-    if options.demo {
-        registry.call(crate::demo::seed).await.context("cannot seed the demo namespace")?;
-    }
-    let api = TcpListener::bind(config.registry.api_listen)
+    // Phase one: build and bind.
+    let mut registry_api = None;
+    let backend: Arc<dyn Backend> = match config.backend.kind {
+        BackendKind::Embedded => {
+            let registry = Registry::open(&config.data_dir, config.registry_settings())
+                .context("cannot open the embedded registry")?;
+            if options.demo {
+                registry.call(crate::demo::seed).await.context("cannot seed the demo namespace")?;
+            }
+            let api = TcpListener::bind(config.registry.api_listen).await.with_context(|| {
+                format!("cannot listen for the Cloud Map API on {}", config.registry.api_listen)
+            })?;
+            let addr = api.local_addr()?;
+            tracing::info!(addr = %addr, data_dir = %config.data_dir.display(), "listening for Cloud Map API on {addr}");
+            registry_api = Some((registry.clone(), api, addr));
+            Arc::new(Embedded::new(registry))
+        }
+        BackendKind::Aws => {
+            let b = &config.backend;
+            Arc::new(
+                Aws::new(&AwsSettings {
+                    region: config.region.clone(),
+                    endpoint_url: b.endpoint_url.clone(),
+                    data_endpoint_url: b.data_endpoint_url.clone(),
+                    rate_limit: b.rate_limit,
+                    call_timeout: Duration::from_millis(b.call_timeout_ms),
+                })
+                .await,
+            )
+        }
+    };
+    let b = &config.backend;
+    let cache = Cache::new(
+        backend,
+        CacheSettings {
+            refresh: Duration::from_millis(b.refresh_ms),
+            health_refresh: Duration::from_millis(b.health_refresh_ms),
+            idle_timeout: Duration::from_millis(b.idle_timeout_ms),
+            max_stale: Duration::from_secs(b.max_stale_s),
+            catalog_refresh: Duration::from_millis(b.catalog_refresh_ms),
+            rate_limit: b.rate_limit,
+            snapshot: (b.kind == BackendKind::Aws).then(|| config.data_dir.join("dns-cache.json")),
+        },
+        zone_source(&config),
+    );
+    let engine = Arc::new(Engine::new(
+        cache.clone(),
+        EngineSettings {
+            server_name: wire::encode_name(&config.dns.server_name).unwrap_or_else(|| vec![0]),
+            max_cached_answers: config.dns.max_cached_answers,
+        },
+    ));
+    let listeners = Listeners::bind(&config.dns.listen)
         .await
-        .with_context(|| format!("cannot listen for the Cloud Map API on {}", config.registry.api_listen))?;
-    let api_addr = api.local_addr()?;
-    tracing::info!(addr = %api_addr, data_dir = %config.data_dir.display(), "listening for Cloud Map API on {api_addr}");
-    print_banner(&config, api_addr);
+        .with_context(|| format!("cannot listen for DNS on {:?}", config.dns.listen))?;
+    let dns_addrs = listeners.addrs();
+    if config.backend.kind == BackendKind::Aws && config.dns.zones.is_empty() {
+        tracing::warn!("the aws backend serves configured zones only, and none is configured (--zone)");
+    }
 
     // Phase two: spawn and serve.
+    cache.start().await;
+    server::spawn(
+        listeners,
+        engine,
+        ServerSettings {
+            tcp_idle_timeout: Duration::from_millis(config.dns.tcp_idle_timeout_ms),
+            tcp_max_connections: config.dns.tcp_max_connections,
+        },
+    );
+    print_banner(&config, &dns_addrs, registry_api.as_ref().map(|(_, _, a)| *a), options.demo);
     let shutdown = shutdown_signal();
-    tokio::spawn(registry.clone().run_health_timer());
-    registry::api::serve(api, registry, shutdown).await.context("Cloud Map API server failed")?;
+    match registry_api {
+        Some((registry, api, _)) => {
+            tokio::spawn(registry.clone().run_health_timer());
+            registry::api::serve(api, registry, shutdown).await.context("Cloud Map API server failed")?;
+        }
+        None => shutdown.await,
+    }
+    cache.flush().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-fn print_banner(config: &Config, api: SocketAddr) {
-    println!("cloudmap-dns {} is running", env!("CARGO_PKG_VERSION"));
-    println!("  Cloud Map API (embedded registry): http://{api}   data: {}", config.data_dir.display());
-    println!("  try it:");
+fn print_banner(config: &Config, dns: &[SocketAddr], api: Option<SocketAddr>, demo: bool) {
     println!(
-        "    AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DISABLE_HOST_PREFIX_INJECTION=true \\\n      aws --region {} --endpoint-url http://{api} servicediscovery list-namespaces",
-        config.region
+        "cloudmap-dns {} is running ({} backend)",
+        env!("CARGO_PKG_VERSION"),
+        match config.backend.kind {
+            BackendKind::Embedded => "embedded",
+            BackendKind::Aws => "aws",
+        }
     );
+    for addr in dns {
+        println!("  DNS (UDP and TCP): {addr}");
+    }
+    if let Some(api) = api {
+        println!("  Cloud Map API (embedded registry): http://{api}   data: {}", config.data_dir.display());
+    }
+    println!("  try it:");
+    if let Some(addr) = dns.first() {
+        let name = if demo {
+            format!("{}.{}", crate::demo::SERVICE, crate::demo::NAMESPACE)
+        } else {
+            "SERVICE.NAMESPACE".into()
+        };
+        println!("    dig @{} -p {} {name} SRV", addr.ip(), addr.port());
+    }
+    if let Some(api) = api {
+        println!(
+            "    AWS_ACCESS_KEY_ID=local AWS_SECRET_ACCESS_KEY=local AWS_DISABLE_HOST_PREFIX_INJECTION=true \\\n      aws --region {} --endpoint-url http://{api} servicediscovery list-namespaces",
+            config.region.as_deref().unwrap_or("us-east-1")
+        );
+    }
 }
 
 async fn shutdown_signal() {

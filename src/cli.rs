@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{Config, ConfigError, LogFormat};
+use crate::config::{BackendKind, Config, ConfigError, LogFormat, ZoneConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,13 +37,34 @@ pub struct ServeArgs {
     /// TOML config file (annotated example: conf/cloudmap-dns.toml)
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Embedded registry storage [default: ./cloudmap-data]
+    /// DNS over UDP and TCP (repeatable) [default: 127.0.0.1:5353]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub dns_listen: Vec<SocketAddr>,
+    /// Where instances come from [default: embedded]
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendKind>,
+    /// aws backend: endpoint for every Cloud Map call (moto, another cloudmap-dns)
+    #[arg(long, value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// aws backend: endpoint for DiscoverInstances and DiscoverInstancesRevision only
+    #[arg(long, value_name = "URL")]
+    pub data_endpoint_url: Option<String>,
+    /// Serve the namespace with this HttpName as this DNS zone (repeatable)
+    #[arg(long, value_name = "ZONE=NAMESPACE[@ACCOUNT]", value_parser = ZoneConfig::parse_flag)]
+    pub zone: Vec<ZoneConfig>,
+    /// TTL of namespace-zone answers [default: 5]
+    #[arg(long, value_name = "SECONDS")]
+    pub ttl: Option<u32>,
+    /// How often an active service is re-validated against the backend [default: 1000]
+    #[arg(long, value_name = "MS")]
+    pub refresh_ms: Option<u64>,
+    /// Embedded registry storage, and the DNS cache snapshot [default: ./cloudmap-data]
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// The embedded registry's Cloud Map JSON API, loopback only [default: 127.0.0.1:8787]
     #[arg(long, value_name = "ADDR:PORT")]
     pub api_listen: Option<SocketAddr>,
-    /// AWS region the registry answers as [default: us-east-1]
+    /// AWS region (aws backend: default from the AWS chain; embedded registry: us-east-1)
     #[arg(long, value_name = "REGION")]
     pub region: Option<String>,
     /// Delay before a custom health status change takes effect (AWS: about 30000) [default: 0]
@@ -74,7 +95,28 @@ impl ServeArgs {
             config.registry.api_listen = v;
         }
         if let Some(v) = &self.region {
-            config.region = v.clone();
+            config.region = Some(v.clone());
+        }
+        if !self.dns_listen.is_empty() {
+            config.dns.listen = self.dns_listen.clone();
+        }
+        if let Some(v) = self.backend {
+            config.backend.kind = v;
+        }
+        if let Some(v) = &self.endpoint_url {
+            config.backend.endpoint_url = Some(v.clone());
+        }
+        if let Some(v) = &self.data_endpoint_url {
+            config.backend.data_endpoint_url = Some(v.clone());
+        }
+        if !self.zone.is_empty() {
+            config.dns.zones = self.zone.clone();
+        }
+        if let Some(v) = self.ttl {
+            config.dns.ttl = v;
+        }
+        if let Some(v) = self.refresh_ms {
+            config.backend.refresh_ms = v;
         }
         if let Some(v) = self.custom_health_delay_ms {
             config.registry.custom_health_delay_ms = v;
@@ -104,7 +146,12 @@ mod tests {
 
         let cli = Cli::parse_from(["cloudmap-dns", "serve", "--region", "eu-west-1"]);
         let Some(Command::Serve(args)) = cli.command else { panic!("expected serve") };
-        assert_eq!(args.load_config().unwrap().region, "eu-west-1");
+        assert_eq!(args.load_config().unwrap().region.as_deref(), Some("eu-west-1"));
+        let cli =
+            Cli::parse_from(["cloudmap-dns", "--zone", "svc.example=lab@123456789012", "--backend", "aws"]);
+        let config = cli.serve.load_config().unwrap();
+        assert_eq!(config.dns.zones[0].namespace, "lab");
+        assert_eq!(config.dns.zones[0].account.as_deref(), Some("123456789012"));
     }
 
     #[test]

@@ -9,14 +9,18 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::registry::{Identity, Quotas, RegistrySettings};
+use crate::zone::HealthMode;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Where the embedded registry keeps its database.
+    /// Where the embedded registry keeps its database, and the DNS cache its snapshot.
     pub data_dir: PathBuf,
-    /// AWS region: the embedded registry's ARNs name it.
-    pub region: String,
+    /// AWS region: the aws backend calls it (default: the standard AWS chain); the embedded
+    /// registry's ARNs name it (default: us-east-1).
+    pub region: Option<String>,
+    pub dns: DnsConfig,
+    pub backend: BackendConfig,
     pub registry: RegistryConfig,
     pub log: LogConfig,
 }
@@ -25,9 +29,133 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             data_dir: PathBuf::from("./cloudmap-data"),
-            region: "us-east-1".into(),
+            region: None,
+            dns: DnsConfig::default(),
+            backend: BackendConfig::default(),
             registry: RegistryConfig::default(),
             log: LogConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DnsConfig {
+    /// UDP and TCP listeners.
+    pub listen: Vec<SocketAddr>,
+    /// TTL of namespace-zone answers; the SOA's TTL and MINIMUM too, so negative answers last as long.
+    pub ttl: u32,
+    /// A/AAAA answers hold at most this many records, a random subset per response; 0 = all.
+    pub max_answers: usize,
+    /// Which instances answer: HEALTHY_OR_ELSE_ALL, HEALTHY or ALL (zones may override).
+    pub health: HealthMode,
+    /// The name in every zone's SOA (MNAME) and NS records.
+    pub server_name: String,
+    pub tcp_idle_timeout_ms: u64,
+    pub tcp_max_connections: usize,
+    /// Bound on the pre-encoded answer cache (entries).
+    pub max_cached_answers: usize,
+    /// Namespace zones. With the embedded backend and none configured, every namespace whose name
+    /// is a DNS name is a zone of that name.
+    pub zones: Vec<ZoneConfig>,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            listen: vec![SocketAddr::from(([127, 0, 0, 1], 5353))],
+            ttl: 5,
+            max_answers: 8,
+            health: HealthMode::HealthyOrElseAll,
+            server_name: "localhost.".into(),
+            tcp_idle_timeout_ms: 10_000,
+            tcp_max_connections: 1024,
+            max_cached_answers: 100_000,
+            zones: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneConfig {
+    /// The DNS zone, e.g. `svc.example`.
+    pub zone: String,
+    /// The namespace's HttpName.
+    pub namespace: String,
+    /// The namespace's owner, for namespaces shared from another account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthMode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_answers: Option<usize>,
+    /// gRPC service config for services whose `grpc_config` attribute is unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_config: Option<String>,
+}
+
+impl ZoneConfig {
+    /// Parses the `--zone ZONE=NAMESPACE[@ACCOUNT]` form.
+    pub fn parse_flag(s: &str) -> Result<ZoneConfig, String> {
+        let (zone, rest) =
+            s.split_once('=').ok_or_else(|| format!("'{s}' is not ZONE=NAMESPACE[@ACCOUNT]"))?;
+        let (namespace, account) = match rest.rsplit_once('@') {
+            Some((n, a)) => (n, Some(a.to_string())),
+            None => (rest, None),
+        };
+        Ok(ZoneConfig { zone: zone.into(), namespace: namespace.into(), account, ..ZoneConfig::default() })
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Embedded,
+    Aws,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendConfig {
+    pub kind: BackendKind,
+    /// How often an active service is re-validated (aws backend).
+    pub refresh_ms: u64,
+    /// How often an active service is refetched whatever its revision: the bound on how late a
+    /// health change shows (Cloud Map does not move the revision on health changes).
+    pub health_refresh_ms: u64,
+    /// A service nobody asked for this long stops being refreshed.
+    pub idle_timeout_ms: u64,
+    /// How long the last known good data is served while Cloud Map fails.
+    pub max_stale_s: u64,
+    /// How often each zone's list of service names is re-read.
+    pub catalog_refresh_ms: u64,
+    /// This node's share of the account's Cloud Map quota, in calls per second, all calls together.
+    pub rate_limit: f64,
+    pub call_timeout_ms: u64,
+    /// Endpoint for every Cloud Map call (moto, another cloudmap-dns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint_url: Option<String>,
+    /// Endpoint for DiscoverInstances and DiscoverInstancesRevision only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_endpoint_url: Option<String>,
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig {
+            kind: BackendKind::Embedded,
+            refresh_ms: 1000,
+            health_refresh_ms: 5000,
+            idle_timeout_ms: 300_000,
+            max_stale_s: 86_400,
+            catalog_refresh_ms: 30_000,
+            rate_limit: 100.0,
+            call_timeout_ms: 2000,
+            endpoint_url: None,
+            data_endpoint_url: None,
         }
     }
 }
@@ -138,11 +266,78 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             bad("data_dir", "must not be empty".into());
         }
-        let region_ok = !self.region.is_empty()
-            && self.region.len() <= 32
-            && self.region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
-        if !region_ok {
-            bad("region", format!("'{}' is not an AWS region name such as us-east-1", self.region));
+        if let Some(region) = &self.region {
+            let ok = !region.is_empty()
+                && region.len() <= 32
+                && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+            if !ok {
+                bad("region", format!("'{region}' is not an AWS region name such as us-east-1"));
+            }
+        }
+        if self.dns.listen.is_empty() {
+            bad("dns.listen", "needs at least one address".into());
+        }
+        if self.dns.ttl > 86_400 {
+            bad("dns.ttl", "must be at most 86400".into());
+        }
+        if crate::dns::wire::encode_name(&self.dns.server_name).is_none() || self.dns.server_name.is_empty() {
+            bad("dns.server_name", format!("'{}' is not a domain name", self.dns.server_name));
+        }
+        if self.dns.tcp_max_connections == 0 {
+            bad("dns.tcp_max_connections", "must be at least 1".into());
+        }
+        if self.dns.tcp_idle_timeout_ms == 0 {
+            bad("dns.tcp_idle_timeout_ms", "must be at least 1".into());
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, z) in self.dns.zones.iter().enumerate() {
+            let key = |field: &str| format!("dns.zones[{i}].{field}");
+            if !crate::zone::is_dns_name(&z.zone) {
+                bad(&key("zone"), format!("'{}' is not a DNS name", z.zone));
+            } else if !seen.insert(z.zone.trim_end_matches('.').to_ascii_lowercase()) {
+                bad(&key("zone"), format!("zone '{}' is configured twice", z.zone));
+            }
+            if z.namespace.is_empty() {
+                bad(&key("namespace"), "must name a namespace (its HttpName)".into());
+            }
+            if let Some(a) = &z.account
+                && (a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()))
+            {
+                bad(&key("account"), format!("'{a}' is not a 12-digit AWS account id"));
+            }
+            if z.ttl.is_some_and(|t| t > 86_400) {
+                bad(&key("ttl"), "must be at most 86400".into());
+            }
+        }
+        let b = &self.backend;
+        for (key, value) in [
+            ("backend.refresh_ms", b.refresh_ms),
+            ("backend.health_refresh_ms", b.health_refresh_ms),
+            ("backend.idle_timeout_ms", b.idle_timeout_ms),
+            ("backend.catalog_refresh_ms", b.catalog_refresh_ms),
+            ("backend.call_timeout_ms", b.call_timeout_ms),
+        ] {
+            if value == 0 {
+                bad(key, "must be at least 1".into());
+            }
+        }
+        if b.health_refresh_ms < b.refresh_ms {
+            bad(
+                "backend.health_refresh_ms",
+                format!("must be at least backend.refresh_ms ({})", b.refresh_ms),
+            );
+        }
+        if !(b.rate_limit.is_finite() && b.rate_limit > 0.0) {
+            bad("backend.rate_limit", "must be a positive number of calls per second".into());
+        }
+        for (key, url) in
+            [("backend.endpoint_url", &b.endpoint_url), ("backend.data_endpoint_url", &b.data_endpoint_url)]
+        {
+            if let Some(u) = url
+                && !(u.starts_with("http://") || u.starts_with("https://"))
+            {
+                bad(key, format!("'{u}' is not an http:// or https:// URL"));
+            }
         }
         if !self.registry.api_listen.ip().is_loopback() {
             bad(
@@ -182,9 +377,10 @@ impl Config {
     }
 
     pub fn registry_settings(&self) -> RegistrySettings {
-        let partition = if self.region.starts_with("cn-") {
+        let region = self.region.clone().unwrap_or_else(|| "us-east-1".into());
+        let partition = if region.starts_with("cn-") {
             "aws-cn"
-        } else if self.region.starts_with("us-gov-") {
+        } else if region.starts_with("us-gov-") {
             "aws-us-gov"
         } else {
             "aws"
@@ -192,7 +388,7 @@ impl Config {
         RegistrySettings {
             identity: Identity {
                 partition: partition.into(),
-                region: self.region.clone(),
+                region,
                 account: self.registry.account_id.clone(),
             },
             custom_health_delay: Duration::from_millis(self.registry.custom_health_delay_ms),
@@ -223,7 +419,7 @@ mod tests {
     #[allow(clippy::field_reassign_with_default)]
     fn every_problem_is_reported_with_its_key() {
         let mut c = Config::default();
-        c.region = "Not A Region".into();
+        c.region = Some("Not A Region".into());
         c.registry.api_listen = "0.0.0.0:8787".parse().unwrap();
         c.registry.account_id = "12".into();
         c.registry.quotas.namespaces = 0;

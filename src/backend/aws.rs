@@ -228,6 +228,7 @@ impl Backend for Aws {
             })
             .await?;
         Ok(Discovered {
+            grpc_config: None,
             revision: out.instances_revision().unwrap_or_default(),
             instances: out
                 .instances()

@@ -44,8 +44,17 @@ impl Backend for Embedded {
 
     async fn discover(&self, ns: &NamespaceRef, service: &str) -> Result<Discovered, BackendError> {
         let (namespace, service) = (ns.http_name.clone(), service.to_string());
-        let out = self.registry.call(move |r| r.instances_of(&namespace, &service)).await.map_err(map_err)?;
+        let (out, grpc_config) = self
+            .registry
+            .call(move |r| {
+                let out = r.instances_of(&namespace, &service)?;
+                let grpc = r.service_attribute(&namespace, &service, super::GRPC_CONFIG_ATTRIBUTE)?;
+                Ok((out, grpc))
+            })
+            .await
+            .map_err(map_err)?;
         Ok(Discovered {
+            grpc_config,
             revision: out.revision,
             instances: out
                 .instances

@@ -28,6 +28,9 @@ pub struct ServiceInfo {
 pub struct Discovered {
     pub revision: i64,
     pub instances: Vec<DiscoveredInstance>,
+    /// The service's gRPC service config attribute, where the backend reads it with the instances.
+    #[serde(default)]
+    pub grpc_config: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

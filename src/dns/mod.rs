@@ -2,4 +2,6 @@
 //! answer cache (`engine`), and the UDP and TCP listeners (`server`).
 
 pub mod answer;
+pub mod engine;
+pub mod server;
 pub mod wire;

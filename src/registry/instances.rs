@@ -586,6 +586,21 @@ impl Registry {
         })
     }
 
+    /// One attribute of a service, by namespace HttpName and service name.
+    pub fn service_attribute(&self, namespace: &str, service: &str, key: &str) -> Result<Option<String>> {
+        self.read(|conn, ctx| {
+            let ns = namespaces::load_by_http_name(conn, ctx, namespace)?;
+            let svc = services::load_by_name(conn, ctx, &ns, service)?;
+            Ok(conn
+                .query_row(
+                    "SELECT value FROM service_attributes WHERE service_id = ?1 AND key = ?2",
+                    params![svc.id(), key],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+    }
+
     /// Every namespace as (Name, HttpName), oldest first.
     pub fn namespace_names(&self) -> Result<Vec<(String, String)>> {
         self.read(|conn, _| {

@@ -174,6 +174,8 @@ pub struct BuildCtx<'a> {
 #[derive(Debug, Clone)]
 pub struct Status<'a> {
     pub backend: &'a str,
+    /// The backend pushes every change (embedded): the data is live, not polled.
+    pub pushed: bool,
     pub confirmed_age: Option<Duration>,
     pub refresh: Duration,
     pub stale: bool,
@@ -350,10 +352,15 @@ fn cloudmap_txt(
         format!("service={}", view.name),
         format!("revision={}", view.revision),
         match status.confirmed_age {
+            _ if status.pushed => "confirmed=live".into(),
             Some(age) => format!("confirmed={:.1}s-ago", age.as_secs_f64()),
             None => "confirmed=never".into(),
         },
-        format!("refresh={}ms", status.refresh.as_millis()),
+        if status.pushed {
+            "refresh=pushed".into()
+        } else {
+            format!("refresh={}ms", status.refresh.as_millis())
+        },
         format!("instances={}", view.instances.len()),
         format!("healthy={healthy}"),
         format!("unhealthy={unhealthy}"),
@@ -554,11 +561,17 @@ mod tests {
                 .collect(),
             })
             .collect();
-        ServiceView::new("web", &Discovered { revision: 7, instances }, None)
+        ServiceView::new("web", &Discovered { revision: 7, instances, grpc_config: None }, None)
     }
 
     fn status() -> Status<'static> {
-        Status { backend: "embedded", confirmed_age: None, refresh: Duration::from_secs(1), stale: false }
+        Status {
+            backend: "embedded",
+            pushed: true,
+            confirmed_age: None,
+            refresh: Duration::from_secs(1),
+            stale: false,
+        }
     }
 
     #[test]

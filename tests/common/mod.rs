@@ -22,7 +22,9 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_cloudmap-dns");
 /// A running cloudmap-dns; killed when dropped.
 pub struct Server {
     pub child: Child,
+    /// The registry API (embedded backend); unset for the aws backend.
     pub api: SocketAddr,
+    pub dns: SocketAddr,
     pub data_dir: PathBuf,
     /// Every line the server logged so far.
     pub log: Arc<Mutex<Vec<String>>>,
@@ -43,7 +45,7 @@ impl Server {
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
         let mut child = Command::new(BIN)
             .arg("serve")
-            .args(["--api-listen", "127.0.0.1:0", "--log-level", "info"])
+            .args(["--api-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0", "--log-level", "info"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
@@ -57,17 +59,29 @@ impl Server {
         let (tx, rx) = mpsc::channel();
         let sink = log.clone();
         std::thread::spawn(move || {
+            let addr_after = |line: &str, marker: &str| {
+                line.split(marker).nth(1)?.split_whitespace().next()?.parse::<SocketAddr>().ok()
+            };
+            let mut api = None;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("listening for Cloud Map API on ").nth(1) {
-                    let addr = addr.split_whitespace().next().unwrap_or_default();
-                    let _ = tx.send(addr.parse::<SocketAddr>().ok());
+                api = api.or(addr_after(&line, "listening for Cloud Map API on "));
+                // The DNS listeners are bound last: once they are, the server is up.
+                if let Some(dns) = addr_after(&line, "listening for DNS on UDP ") {
+                    let _ = tx.send(Some((api, dns)));
                 }
                 sink.lock().unwrap().push(line);
             }
             let _ = tx.send(None);
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some(api)) => Ok(Server { child, api, data_dir: data_dir.to_path_buf(), log, _tmp: None }),
+            Ok(Some((api, dns))) => Ok(Server {
+                child,
+                api: api.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+                dns,
+                data_dir: data_dir.to_path_buf(),
+                log,
+                _tmp: None,
+            }),
             _ => {
                 let _ = child.kill();
                 let status = child.wait().ok();

@@ -1,0 +1,695 @@
+//! The namespace cache: what the DNS side knows of each namespace (its service names, the
+//! catalog) and of each service (its instances), and how that is kept fresh.
+//!
+//! Data enters from a backend and leaves as `ServiceView`s for the answer builder. Every piece of
+//! data carries a generation counter that moves whenever what an answer would say changes (new
+//! instances, a health change, turning stale or fresh, going idle); answers built from it list
+//! the generations they used, so the DNS answer cache never serves something outdated.
+//!
+//! Freshness, by backend:
+//! - embedded: the registry announces every committed change; the affected service is refetched
+//!   at once. Nothing is polled.
+//! - aws: the first query for a service fetches it (concurrent misses share one call); a refresher
+//!   then re-validates it every `refresh` with DiscoverInstancesRevision and refetches only when the
+//!   revision moved, or every `health_refresh` (health changes do not move the revision). A service
+//!   nobody asks for within `idle_timeout` stops being refreshed. When calls fail, the last known
+//!   good data is served, marked stale, for up to `max_stale`. The data is snapshotted to the data
+//!   dir soon after each change and loaded at start.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dashmap::DashMap;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::backend::{Backend, BackendError, Change, Discovered, NamespaceRef};
+use crate::zone::answer::Catalog;
+use crate::zone::view::ServiceView;
+use crate::zone::{Zone, ZoneTable};
+
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    pub refresh: Duration,
+    pub health_refresh: Duration,
+    pub idle_timeout: Duration,
+    pub max_stale: Duration,
+    pub catalog_refresh: Duration,
+    /// The backend's call budget (calls/s), which stretches the refresh interval when short.
+    pub rate_limit: f64,
+    /// Where the last known good data is snapshotted (aws backend); `None` to keep none.
+    pub snapshot: Option<PathBuf>,
+}
+
+/// Zones configured explicitly, and the template for zones derived from namespace names.
+#[derive(Debug, Clone)]
+pub struct ZoneSource {
+    pub explicit: Vec<Zone>,
+    /// With the embedded backend and no explicit zones: every namespace whose name is a DNS name.
+    pub automatic: Option<Zone>,
+}
+
+/// The result of looking a service up.
+pub enum Lookup {
+    Found {
+        slot: Arc<ServiceSlot>,
+        /// The slot's generation, read before its data: an answer built from this is current
+        /// while the generation still holds.
+        generation: u64,
+        view: Arc<ServiceView>,
+        stale: bool,
+        confirmed_age: Option<Duration>,
+    },
+    NotFound,
+    /// The backend cannot be reached and nothing is cached.
+    Outage,
+}
+
+pub struct Cache {
+    backend: Arc<dyn Backend>,
+    settings: CacheSettings,
+    zone_source: ZoneSource,
+    zones: RwLock<Arc<ZoneTable>>,
+    pub zones_generation: Arc<AtomicU64>,
+    namespaces: DashMap<NamespaceRef, Arc<NamespaceState>>,
+    /// Services being refreshed, for the effective refresh interval.
+    active: AtomicUsize,
+    /// Whether the backend pushes changes (embedded) rather than being polled.
+    push: bool,
+    dirty: AtomicBool,
+}
+
+pub struct NamespaceState {
+    pub ns: NamespaceRef,
+    catalog: RwLock<Option<Arc<Catalog>>>,
+    pub catalog_generation: Arc<AtomicU64>,
+    catalog_load: tokio::sync::Mutex<()>,
+    catalog_refresher: AtomicBool,
+    services: DashMap<String, Arc<ServiceSlot>>,
+}
+
+pub struct ServiceSlot {
+    pub name: String,
+    state: RwLock<SlotState>,
+    pub generation: Arc<AtomicU64>,
+    /// Milliseconds since the epoch of the last query that used this service.
+    pub last_used: Arc<AtomicU64>,
+    /// Serialises fetches: concurrent misses share one call, and a later fetch never loses to an
+    /// earlier one.
+    load: tokio::sync::Mutex<()>,
+    refreshing: AtomicBool,
+}
+
+#[derive(Default)]
+struct SlotState {
+    raw: Option<Arc<Discovered>>,
+    view: Option<Arc<ServiceView>>,
+    not_found: bool,
+    /// Wall-clock time of the last successful contact about this service.
+    confirmed: Option<SystemTime>,
+    discovered_at: Option<Instant>,
+    stale: bool,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+fn bump(generation: &AtomicU64) {
+    generation.fetch_add(1, Ordering::AcqRel);
+}
+
+impl ServiceSlot {
+    fn new(name: &str) -> ServiceSlot {
+        ServiceSlot {
+            name: name.to_string(),
+            state: RwLock::new(SlotState::default()),
+            generation: Arc::new(AtomicU64::new(1)),
+            last_used: Arc::new(AtomicU64::new(now_ms())),
+            load: tokio::sync::Mutex::new(()),
+            refreshing: AtomicBool::new(false),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, SlotState> {
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, SlotState> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lookup(self: &Arc<Self>) -> Option<Lookup> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let st = self.read();
+        if st.not_found {
+            return Some(Lookup::NotFound);
+        }
+        let view = st.view.clone()?;
+        let confirmed_age = st.confirmed.and_then(|c| SystemTime::now().duration_since(c).ok());
+        Some(Lookup::Found { slot: self.clone(), generation, view, stale: st.stale, confirmed_age })
+    }
+
+    /// Records a fetch. Moves the generation when what answers say changes.
+    fn store(&self, d: Discovered, grpc_config: Option<String>) -> bool {
+        let mut st = self.write();
+        let changed = st.raw.as_deref() != Some(&d)
+            || st.stale
+            || st.not_found
+            || st.view.as_ref().is_some_and(|v| v.grpc_config != grpc_config);
+        if changed {
+            st.view = Some(Arc::new(ServiceView::new(&self.name, &d, grpc_config)));
+            st.raw = Some(Arc::new(d));
+        }
+        st.not_found = false;
+        st.stale = false;
+        st.confirmed = Some(SystemTime::now());
+        st.discovered_at = Some(Instant::now());
+        drop(st);
+        if changed {
+            bump(&self.generation);
+        }
+        changed
+    }
+
+    fn confirm(&self) {
+        let mut st = self.write();
+        st.confirmed = Some(SystemTime::now());
+        let was_stale = std::mem::replace(&mut st.stale, false);
+        drop(st);
+        if was_stale {
+            bump(&self.generation);
+        }
+    }
+
+    fn gone(&self) {
+        let mut st = self.write();
+        let changed = !st.not_found;
+        *st = SlotState { not_found: true, confirmed: Some(SystemTime::now()), ..SlotState::default() };
+        drop(st);
+        if changed {
+            bump(&self.generation);
+        }
+    }
+
+    /// The backend failed: keep serving what we have, marked stale, until `max_stale`.
+    fn failed(&self, max_stale: Duration) {
+        let mut st = self.write();
+        let too_old =
+            st.confirmed.and_then(|c| SystemTime::now().duration_since(c).ok()).is_none_or(|a| a > max_stale);
+        let changed = if too_old && st.view.is_some() {
+            *st = SlotState::default();
+            true
+        } else {
+            st.view.is_some() && !std::mem::replace(&mut st.stale, true)
+        };
+        drop(st);
+        if changed {
+            bump(&self.generation);
+        }
+    }
+}
+
+impl NamespaceState {
+    fn new(ns: NamespaceRef) -> NamespaceState {
+        NamespaceState {
+            ns,
+            catalog: RwLock::new(None),
+            catalog_generation: Arc::new(AtomicU64::new(1)),
+            catalog_load: tokio::sync::Mutex::new(()),
+            catalog_refresher: AtomicBool::new(false),
+            services: DashMap::new(),
+        }
+    }
+
+    fn current_catalog(&self) -> Option<Arc<Catalog>> {
+        self.catalog.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_catalog(&self, names: Vec<String>) {
+        let new = Catalog::new(names);
+        let mut c = self.catalog.write().unwrap_or_else(|p| p.into_inner());
+        let changed = c.as_ref().is_none_or(|old| {
+            let mut a: Vec<&String> = old.names().collect();
+            let mut b: Vec<&String> = new.names().collect();
+            a.sort();
+            b.sort();
+            a != b
+        });
+        if changed {
+            *c = Some(Arc::new(new));
+            drop(c);
+            bump(&self.catalog_generation);
+        }
+    }
+
+    fn slot(&self, name: &str) -> Arc<ServiceSlot> {
+        if let Some(s) = self.services.get(name) {
+            return s.clone();
+        }
+        self.services.entry(name.to_string()).or_insert_with(|| Arc::new(ServiceSlot::new(name))).clone()
+    }
+}
+
+impl Cache {
+    pub fn new(backend: Arc<dyn Backend>, settings: CacheSettings, zone_source: ZoneSource) -> Arc<Cache> {
+        let push = backend.changes().is_some();
+        let zones = ZoneTable::new(zone_source.explicit.clone());
+        Arc::new(Cache {
+            backend,
+            settings,
+            zone_source,
+            zones: RwLock::new(Arc::new(zones)),
+            zones_generation: Arc::new(AtomicU64::new(1)),
+            namespaces: DashMap::new(),
+            active: AtomicUsize::new(0),
+            push,
+            dirty: AtomicBool::new(false),
+        })
+    }
+
+    pub fn backend_kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
+    /// Whether the backend pushes changes (embedded) rather than being polled (aws).
+    pub fn pushed(&self) -> bool {
+        self.push
+    }
+
+    pub fn zones(&self) -> Arc<ZoneTable> {
+        self.zones.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The refresh interval in force: the configured one, stretched when the call budget cannot
+    /// re-validate every active service that often.
+    pub fn effective_refresh(&self) -> Duration {
+        let active = self.active.load(Ordering::Relaxed) as f64;
+        let needed = Duration::from_secs_f64(active / self.settings.rate_limit.max(0.001));
+        self.settings.refresh.max(needed)
+    }
+
+    pub fn active_services(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
+    pub fn namespace(&self, ns: &NamespaceRef) -> Arc<NamespaceState> {
+        if let Some(s) = self.namespaces.get(ns) {
+            return s.clone();
+        }
+        self.namespaces.entry(ns.clone()).or_insert_with(|| Arc::new(NamespaceState::new(ns.clone()))).clone()
+    }
+
+    /// Starts the background work: the change listener (embedded) or the snapshot writer (aws).
+    pub async fn start(self: &Arc<Self>) {
+        if let Some(mut rx) = self.backend.changes() {
+            self.rebuild_zones().await;
+            let cache = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(change) => cache.apply(change).await,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            tracing::warn!(
+                                missed = n,
+                                "fell behind the registry's changes; re-reading everything"
+                            );
+                            cache.reload_all().await;
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            });
+        } else {
+            self.load_snapshot();
+        }
+        if self.settings.snapshot.is_some() && !self.push {
+            let cache = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if cache.dirty.swap(false, Ordering::AcqRel)
+                        && let Err(e) = cache.write_snapshot().await
+                    {
+                        tracing::warn!(error = %e, "cannot write the cache snapshot");
+                        cache.dirty.store(true, Ordering::Release);
+                    }
+                }
+            });
+        }
+    }
+
+    async fn rebuild_zones(&self) {
+        let Some(template) = &self.zone_source.automatic else { return };
+        let names = match self.backend.default_zones().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list namespaces for zones");
+                return;
+            }
+        };
+        let mut zones = self.zone_source.explicit.clone();
+        for (name, http_name) in names {
+            if !crate::zone::is_dns_name(&name) {
+                continue;
+            }
+            let lower = name.trim_end_matches('.').to_ascii_lowercase();
+            if zones.iter().any(|z| z.name == lower) {
+                continue; // an explicit zone, or an older namespace of the same name, wins
+            }
+            let Some(wire) = crate::dns::wire::encode_name(&lower) else { continue };
+            zones.push(Zone {
+                name: lower,
+                wire,
+                namespace: NamespaceRef { http_name, owner_account: None },
+                ..template.clone()
+            });
+        }
+        *self.zones.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ZoneTable::new(zones));
+        bump(&self.zones_generation);
+    }
+
+    async fn apply(&self, change: Change) {
+        match change {
+            Change::Namespaces => {
+                self.rebuild_zones().await;
+                // A namespace re-created under the same name holds other services now.
+                for ns in self.namespaces.iter().map(|e| e.value().clone()).collect::<Vec<_>>() {
+                    self.reload_catalog(&ns).await;
+                }
+            }
+            Change::Services { namespace } => {
+                for ns in self.states_for(&namespace) {
+                    self.reload_catalog(&ns).await;
+                    // A service deleted and re-created must not keep its old instances.
+                    let slots: Vec<Arc<ServiceSlot>> =
+                        ns.services.iter().map(|e| e.value().clone()).collect();
+                    for slot in slots {
+                        self.fetch(&ns, &slot).await;
+                    }
+                }
+            }
+            Change::Instances { namespace, service } => {
+                for ns in self.states_for(&namespace) {
+                    let slot = ns.services.get(&service).map(|s| s.clone());
+                    if let Some(slot) = slot {
+                        self.fetch(&ns, &slot).await;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn reload_all(&self) {
+        self.rebuild_zones().await;
+        for ns in self.namespaces.iter().map(|e| e.value().clone()).collect::<Vec<_>>() {
+            self.reload_catalog(&ns).await;
+            let slots: Vec<Arc<ServiceSlot>> = ns.services.iter().map(|e| e.value().clone()).collect();
+            for slot in slots {
+                self.fetch(&ns, &slot).await;
+            }
+        }
+    }
+
+    fn states_for(&self, http_name: &str) -> Vec<Arc<NamespaceState>> {
+        self.namespaces.iter().filter(|e| e.key().http_name == http_name).map(|e| e.value().clone()).collect()
+    }
+
+    async fn reload_catalog(&self, ns: &NamespaceState) -> bool {
+        let _guard = ns.catalog_load.lock().await;
+        match self.backend.services(&ns.ns).await {
+            Ok(services) => {
+                ns.set_catalog(services.into_iter().map(|s| s.name).collect());
+                self.dirty.store(true, Ordering::Release);
+                true
+            }
+            Err(BackendError::NotFound(_)) => {
+                ns.set_catalog(Vec::new());
+                true
+            }
+            Err(e) => {
+                tracing::debug!(namespace = %ns.ns.http_name, error = %e, "cannot list services");
+                false
+            }
+        }
+    }
+
+    /// The namespace's service names; loads them on first use.
+    pub async fn catalog(self: &Arc<Self>, ns: &Arc<NamespaceState>) -> Option<Arc<Catalog>> {
+        if let Some(c) = ns.current_catalog() {
+            return Some(c);
+        }
+        {
+            let _guard = ns.catalog_load.lock().await;
+            if ns.current_catalog().is_none() {
+                match self.backend.services(&ns.ns).await {
+                    Ok(services) => ns.set_catalog(services.into_iter().map(|s| s.name).collect()),
+                    Err(BackendError::NotFound(_)) => ns.set_catalog(Vec::new()),
+                    Err(e) => {
+                        tracing::warn!(namespace = %ns.ns.http_name, error = %e, "cannot list services")
+                    }
+                }
+            }
+        }
+        if !self.push && !ns.catalog_refresher.swap(true, Ordering::AcqRel) {
+            let cache = self.clone();
+            let state = ns.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(cache.settings.catalog_refresh).await;
+                    cache.reload_catalog(&state).await;
+                }
+            });
+        }
+        ns.current_catalog()
+    }
+
+    /// Fetches a service now (DiscoverInstances) and records the result, failures included (the
+    /// slot turns stale or not-found).
+    async fn fetch(&self, ns: &NamespaceState, slot: &ServiceSlot) {
+        let _guard = slot.load.lock().await;
+        let _ = self.fetch_locked(ns, slot).await;
+    }
+
+    async fn fetch_locked(&self, ns: &NamespaceState, slot: &ServiceSlot) -> Result<(), BackendError> {
+        match self.backend.discover(&ns.ns, &slot.name).await {
+            Ok(d) => {
+                let grpc = d.grpc_config.clone();
+                if slot.store(d, grpc) {
+                    self.dirty.store(true, Ordering::Release);
+                }
+                Ok(())
+            }
+            Err(BackendError::NotFound(m)) => {
+                slot.gone();
+                self.dirty.store(true, Ordering::Release);
+                Err(BackendError::NotFound(m))
+            }
+            Err(e) => {
+                slot.failed(self.settings.max_stale);
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-validates a service: a revision check, and a fetch when it moved or health is due.
+    async fn revalidate(&self, ns: &NamespaceState, slot: &ServiceSlot) {
+        let _guard = slot.load.lock().await;
+        let (revision, health_due) = {
+            let st = slot.read();
+            let due = st.discovered_at.is_none_or(|t| t.elapsed() >= self.settings.health_refresh);
+            (st.raw.as_ref().map(|d| d.revision), due)
+        };
+        let Some(revision) = revision.filter(|_| !health_due) else {
+            let _ = self.fetch_locked(ns, slot).await;
+            return;
+        };
+        match self.backend.revision(&ns.ns, &slot.name).await {
+            // Equality only: some servers' revisions go down or repeat.
+            Ok(r) if r == revision => slot.confirm(),
+            Ok(_) => {
+                let _ = self.fetch_locked(ns, slot).await;
+            }
+            Err(BackendError::NotFound(_)) => {
+                slot.gone();
+                self.dirty.store(true, Ordering::Release);
+            }
+            Err(_) => slot.failed(self.settings.max_stale),
+        }
+    }
+
+    /// Looks a service up for an answer, fetching or re-validating it as its backend requires.
+    pub async fn service(self: &Arc<Self>, ns: &Arc<NamespaceState>, name: &str) -> Lookup {
+        let slot = ns.slot(name);
+        slot.last_used.store(now_ms(), Ordering::Relaxed);
+        if self.push || slot.refreshing.load(Ordering::Acquire) {
+            if let Some(found) = slot.lookup() {
+                return found;
+            }
+            self.fetch(ns, &slot).await;
+            return slot.lookup().unwrap_or(Lookup::Outage);
+        }
+        // aws, and nobody keeps this service fresh: re-validate before answering.
+        let has_data = slot.read().view.is_some();
+        if has_data {
+            self.revalidate(ns, &slot).await;
+        } else {
+            let _guard = slot.load.lock().await;
+            let loaded = { slot.read().view.is_some() || slot.read().not_found };
+            if !loaded || !slot.refreshing.load(Ordering::Acquire) {
+                let _ = self.fetch_locked(ns, &slot).await;
+            }
+        }
+        if !slot.refreshing.swap(true, Ordering::AcqRel) {
+            self.active.fetch_add(1, Ordering::Relaxed);
+            let cache = self.clone();
+            let (ns, slot) = (ns.clone(), slot.clone());
+            tokio::spawn(async move { cache.refresh_loop(ns, slot).await });
+        }
+        slot.lookup().unwrap_or(Lookup::Outage)
+    }
+
+    async fn refresh_loop(self: Arc<Self>, ns: Arc<NamespaceState>, slot: Arc<ServiceSlot>) {
+        loop {
+            tokio::time::sleep(self.effective_refresh()).await;
+            let idle_ms = now_ms().saturating_sub(slot.last_used.load(Ordering::Relaxed));
+            if idle_ms > self.settings.idle_timeout.as_millis() as u64 {
+                slot.refreshing.store(false, Ordering::Release);
+                self.active.fetch_sub(1, Ordering::Relaxed);
+                // Answers built from it must not be served without a new check.
+                bump(&slot.generation);
+                tracing::debug!(service = %slot.name, "idle: no longer refreshed");
+                return;
+            }
+            self.revalidate(&ns, &slot).await;
+        }
+    }
+
+    async fn write_snapshot(&self) -> std::io::Result<()> {
+        let Some(path) = self.settings.snapshot.clone() else { return Ok(()) };
+        let snapshot = self.to_snapshot();
+        let bytes = serde_json::to_vec(&snapshot).map_err(std::io::Error::other)?;
+        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    /// Writes the snapshot now (shutdown).
+    pub async fn flush(&self) {
+        if self.settings.snapshot.is_some()
+            && !self.push
+            && let Err(e) = self.write_snapshot().await
+        {
+            tracing::warn!(error = %e, "cannot write the cache snapshot");
+        }
+    }
+
+    fn to_snapshot(&self) -> Snapshot {
+        let namespaces = self
+            .namespaces
+            .iter()
+            .map(|e| {
+                let ns = e.value();
+                let services = ns
+                    .services
+                    .iter()
+                    .filter_map(|s| {
+                        let st = s.read();
+                        let raw = st.raw.clone()?;
+                        Some((
+                            s.key().clone(),
+                            SnapshotService {
+                                confirmed_ms: st
+                                    .confirmed
+                                    .and_then(|c| c.duration_since(UNIX_EPOCH).ok())
+                                    .map(|d| d.as_millis() as u64),
+                                discovered: (*raw).clone(),
+                            },
+                        ))
+                    })
+                    .collect();
+                SnapshotNamespace {
+                    namespace: ns.ns.clone(),
+                    services_names: ns.current_catalog().map(|c| c.names().cloned().collect()),
+                    services,
+                }
+            })
+            .collect();
+        Snapshot { version: 1, namespaces }
+    }
+
+    fn load_snapshot(&self) {
+        let Some(path) = &self.settings.snapshot else { return };
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the cache snapshot");
+                return;
+            }
+        };
+        let snapshot: Snapshot = match serde_json::from_slice(&bytes) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "ignoring an unreadable cache snapshot");
+                return;
+            }
+        };
+        let mut services = 0;
+        for n in snapshot.namespaces {
+            let ns = self.namespace(&n.namespace);
+            if let Some(names) = n.services_names {
+                ns.set_catalog(names);
+            }
+            for (name, s) in n.services {
+                let slot = ns.slot(&name);
+                let grpc = s.discovered.grpc_config.clone();
+                slot.store(s.discovered, grpc);
+                let mut st = slot.write();
+                st.confirmed = s.confirmed_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
+                st.discovered_at = None;
+                services += 1;
+            }
+        }
+        tracing::info!(path = %path.display(), services, "loaded the last known good data");
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    version: u32,
+    namespaces: Vec<SnapshotNamespace>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotNamespace {
+    namespace: NamespaceRef,
+    services_names: Option<Vec<String>>,
+    services: BTreeMap<String, SnapshotService>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SnapshotService {
+    confirmed_ms: Option<u64>,
+    discovered: Discovered,
+}
+
+/// Writes `bytes` to `path` so that a crash at any point leaves either the old or the new file.
+fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,176 @@
+//! The DNS listeners: UDP and TCP on each `--dns-listen` address.
+//!
+//! UDP: one task per socket reads datagrams and answers cache hits inline from pre-encoded
+//! answers; a miss is handed to its own task so a slow backend never holds up other queries.
+//! TCP (RFC 7766): queries on a connection are read as they come (pipelining) and answered
+//! concurrently, possibly out of order; a connection idle for `tcp_idle_timeout` is closed, and at
+//! most `tcp_max_connections` are open at once (further ones wait in the accept queue).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, mpsc};
+use tracing::Instrument;
+
+use super::engine::{Engine, Fast, Transport};
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub tcp_idle_timeout: Duration,
+    pub tcp_max_connections: usize,
+}
+
+/// Bound sockets, ready to serve.
+pub struct Listeners {
+    pub udp: Vec<UdpSocket>,
+    pub tcp: Vec<TcpListener>,
+}
+
+impl Listeners {
+    /// Binds UDP and TCP on every address; the OS-chosen port of `:0` is shared by both.
+    pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Listeners> {
+        let mut l = Listeners { udp: Vec::new(), tcp: Vec::new() };
+        for addr in addrs {
+            let (udp, tcp) = bind_pair(*addr).await?;
+            let bound = udp.local_addr()?;
+            tracing::info!(addr = %bound, "listening for DNS on UDP {bound}");
+            tracing::info!(addr = %bound, "listening for DNS on TCP {bound}");
+            l.udp.push(udp);
+            l.tcp.push(tcp);
+        }
+        Ok(l)
+    }
+
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.udp.iter().filter_map(|s| s.local_addr().ok()).collect()
+    }
+}
+
+/// Binds UDP and TCP on one address. For port 0 the port UDP gets may be taken for TCP by someone
+/// else; then another port is tried.
+async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut tries = 0;
+    loop {
+        let udp = UdpSocket::bind(addr).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                tries += 1
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+pub fn spawn(listeners: Listeners, engine: Arc<Engine>, settings: ServerSettings) {
+    for socket in listeners.udp {
+        tokio::spawn(serve_udp(Arc::new(socket), engine.clone()));
+    }
+    let connections = Arc::new(Semaphore::new(settings.tcp_max_connections));
+    for listener in listeners.tcp {
+        tokio::spawn(serve_tcp(listener, engine.clone(), settings.clone(), connections.clone()));
+    }
+}
+
+async fn serve_udp(socket: Arc<UdpSocket>, engine: Arc<Engine>) {
+    let mut buf = vec![0u8; 65535];
+    let mut out = Vec::with_capacity(1232);
+    loop {
+        let (len, peer) = match socket.recv_from(&mut buf).await {
+            Ok(r) => r,
+            Err(e) => {
+                // ICMP errors for earlier replies surface here on some systems; keep serving.
+                tracing::debug!(error = %e, "UDP receive failed");
+                continue;
+            }
+        };
+        let packet = &buf[..len];
+        match engine.answer_cached(packet, Transport::Udp, &mut out) {
+            Fast::Answered => {
+                let _ = socket.send_to(&out, peer).await;
+            }
+            Fast::Dropped => {}
+            Fast::Miss => {
+                let packet = packet.to_vec();
+                let (socket, engine) = (socket.clone(), engine.clone());
+                let span = tracing::debug_span!("query", %peer, transport = "udp");
+                tokio::spawn(
+                    async move {
+                        if let Some(response) = engine.answer(&packet, Transport::Udp).await {
+                            let _ = socket.send_to(&response, peer).await;
+                        }
+                    }
+                    .instrument(span),
+                );
+            }
+        }
+    }
+}
+
+async fn serve_tcp(
+    listener: TcpListener,
+    engine: Arc<Engine>,
+    settings: ServerSettings,
+    connections: Arc<Semaphore>,
+) {
+    loop {
+        let Ok(permit) = connections.clone().acquire_owned().await else { return };
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let engine = engine.clone();
+        let idle = settings.tcp_idle_timeout;
+        tokio::spawn(async move {
+            serve_connection(stream, peer, engine, idle).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, engine: Arc<Engine>, idle: Duration) {
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let write_task = tokio::spawn(async move {
+        while let Some(response) = rx.recv().await {
+            let len = (response.len() as u16).to_be_bytes();
+            if writer.write_all(&len).await.is_err() || writer.write_all(&response).await.is_err() {
+                return;
+            }
+        }
+        let _ = writer.shutdown().await;
+    });
+    loop {
+        let mut len = [0u8; 2];
+        match tokio::time::timeout(idle, reader.read_exact(&mut len)).await {
+            Ok(Ok(_)) => {}
+            _ => break, // idle, closed, or reset
+        }
+        let len = u16::from_be_bytes(len) as usize;
+        let mut packet = vec![0u8; len];
+        match tokio::time::timeout(idle, reader.read_exact(&mut packet)).await {
+            Ok(Ok(_)) => {}
+            _ => break,
+        }
+        let (engine, tx) = (engine.clone(), tx.clone());
+        let span = tracing::debug_span!("query", %peer, transport = "tcp");
+        tokio::spawn(
+            async move {
+                if let Some(response) = engine.answer(&packet, Transport::Tcp).await {
+                    let _ = tx.send(response).await;
+                }
+            }
+            .instrument(span),
+        );
+    }
+    drop(tx);
+    let _ = write_task.await;
+}
