@@ -80,6 +80,10 @@ pub struct Cache {
     /// Whether the backend pushes changes (embedded) rather than being polled.
     push: bool,
     dirty: AtomicBool,
+    /// Set by a change the backend announced before acknowledging it: the zone table must be
+    /// rebuilt before it is used again.
+    zones_wanted: Outdated,
+    zones_rebuild: tokio::sync::Mutex<()>,
 }
 
 pub struct NamespaceState {
@@ -88,6 +92,8 @@ pub struct NamespaceState {
     pub catalog_generation: Arc<AtomicU64>,
     catalog_load: tokio::sync::Mutex<()>,
     catalog_refresher: AtomicBool,
+    /// The catalog must be re-read before it is used again (see `Cache::invalidate`).
+    catalog_wanted: Outdated,
     services: DashMap<String, Arc<ServiceSlot>>,
 }
 
@@ -101,6 +107,36 @@ pub struct ServiceSlot {
     /// earlier one.
     load: tokio::sync::Mutex<()>,
     refreshing: AtomicBool,
+    /// Changes announced for this service, and how many of them the data reflects: when they
+    /// differ, the data must be refetched before it is used (see `Cache::invalidate`).
+    wanted: Outdated,
+}
+
+/// Announced changes versus those a copy reflects. A fetch notes what it will reflect before it
+/// reads, and records it once done, so a reader that finds a fetch under way waits for it.
+#[derive(Default)]
+struct Outdated {
+    announced: AtomicU64,
+    reflected: AtomicU64,
+}
+
+impl Outdated {
+    fn announce(&self) {
+        self.announced.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn is_outdated(&self) -> bool {
+        self.announced.load(Ordering::Acquire) != self.reflected.load(Ordering::Acquire)
+    }
+
+    /// Called before reading: what the read will reflect.
+    fn begin(&self) -> u64 {
+        self.announced.load(Ordering::Acquire)
+    }
+
+    fn done(&self, seen: u64) {
+        self.reflected.store(seen, Ordering::Release);
+    }
 }
 
 #[derive(Default)]
@@ -131,6 +167,7 @@ impl ServiceSlot {
             last_used: Arc::new(AtomicU64::new(now_ms())),
             load: tokio::sync::Mutex::new(()),
             refreshing: AtomicBool::new(false),
+            wanted: Outdated::default(),
         }
     }
 
@@ -221,6 +258,7 @@ impl NamespaceState {
             catalog_generation: Arc::new(AtomicU64::new(1)),
             catalog_load: tokio::sync::Mutex::new(()),
             catalog_refresher: AtomicBool::new(false),
+            catalog_wanted: Outdated::default(),
             services: DashMap::new(),
         }
     }
@@ -268,6 +306,8 @@ impl Cache {
             active: AtomicUsize::new(0),
             push,
             dirty: AtomicBool::new(false),
+            zones_wanted: Outdated::default(),
+            zones_rebuild: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -280,8 +320,50 @@ impl Cache {
         self.push
     }
 
-    pub fn zones(&self) -> Arc<ZoneTable> {
+    /// The zone table, rebuilt first if a change made it outdated.
+    pub async fn zones(&self) -> Arc<ZoneTable> {
+        if self.zones_wanted.is_outdated() {
+            let _guard = self.zones_rebuild.lock().await;
+            if self.zones_wanted.is_outdated() {
+                self.rebuild_zones_locked().await;
+            }
+        }
         self.zones.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Marks what a change touches as outdated, synchronously, before the write that made it is
+    /// acknowledged: the next query that needs it refetches it first, so a client that registered
+    /// an instance and then asks DNS sees it (read-your-writes). The change listener refetches in
+    /// the background too, so hot answers are rebuilt without waiting for a query.
+    fn invalidate(&self, change: &Change) {
+        match change {
+            Change::Namespaces => {
+                self.zones_wanted.announce();
+                bump(&self.zones_generation);
+                for ns in self.namespaces.iter() {
+                    ns.catalog_wanted.announce();
+                    bump(&ns.catalog_generation);
+                }
+            }
+            Change::Services { namespace } => {
+                for ns in self.states_for(namespace) {
+                    ns.catalog_wanted.announce();
+                    bump(&ns.catalog_generation);
+                    for slot in ns.services.iter() {
+                        slot.wanted.announce();
+                        bump(&slot.generation);
+                    }
+                }
+            }
+            Change::Instances { namespace, service } => {
+                for ns in self.states_for(namespace) {
+                    if let Some(slot) = ns.services.get(service) {
+                        slot.wanted.announce();
+                        bump(&slot.generation);
+                    }
+                }
+            }
+        }
     }
 
     /// The refresh interval in force: the configured one, stretched when the call budget cannot
@@ -305,6 +387,12 @@ impl Cache {
 
     /// Starts the background work: the change listener (embedded) or the snapshot writer (aws).
     pub async fn start(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        self.backend.observe(Box::new(move |change| {
+            if let Some(cache) = weak.upgrade() {
+                cache.invalidate(change);
+            }
+        }));
         if let Some(mut rx) = self.backend.changes() {
             self.rebuild_zones().await;
             let cache = self.clone();
@@ -343,7 +431,16 @@ impl Cache {
     }
 
     async fn rebuild_zones(&self) {
-        let Some(template) = &self.zone_source.automatic else { return };
+        let _guard = self.zones_rebuild.lock().await;
+        self.rebuild_zones_locked().await;
+    }
+
+    async fn rebuild_zones_locked(&self) {
+        let seen = self.zones_wanted.begin();
+        let Some(template) = &self.zone_source.automatic else {
+            self.zones_wanted.done(seen);
+            return;
+        };
         let names = match self.backend.default_zones().await {
             Ok(n) => n,
             Err(e) => {
@@ -369,6 +466,7 @@ impl Cache {
             });
         }
         *self.zones.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(ZoneTable::new(zones));
+        self.zones_wanted.done(seen);
         bump(&self.zones_generation);
     }
 
@@ -420,14 +518,17 @@ impl Cache {
 
     async fn reload_catalog(&self, ns: &NamespaceState) -> bool {
         let _guard = ns.catalog_load.lock().await;
+        let seen = ns.catalog_wanted.begin();
         match self.backend.services(&ns.ns).await {
             Ok(services) => {
                 ns.set_catalog(services.into_iter().map(|s| s.name).collect());
+                ns.catalog_wanted.done(seen);
                 self.dirty.store(true, Ordering::Release);
                 true
             }
             Err(BackendError::NotFound(_)) => {
                 ns.set_catalog(Vec::new());
+                ns.catalog_wanted.done(seen);
                 true
             }
             Err(e) => {
@@ -439,6 +540,16 @@ impl Cache {
 
     /// The namespace's service names; loads them on first use.
     pub async fn catalog(self: &Arc<Self>, ns: &Arc<NamespaceState>) -> Option<Arc<Catalog>> {
+        if ns.catalog_wanted.is_outdated() {
+            let _guard = ns.catalog_load.lock().await;
+            if ns.catalog_wanted.is_outdated() {
+                let seen = ns.catalog_wanted.begin();
+                if let Ok(services) = self.backend.services(&ns.ns).await {
+                    ns.set_catalog(services.into_iter().map(|s| s.name).collect());
+                }
+                ns.catalog_wanted.done(seen);
+            }
+        }
         if let Some(c) = ns.current_catalog() {
             return Some(c);
         }
@@ -475,6 +586,13 @@ impl Cache {
     }
 
     async fn fetch_locked(&self, ns: &NamespaceState, slot: &ServiceSlot) -> Result<(), BackendError> {
+        let seen = slot.wanted.begin();
+        let result = self.fetch_now(ns, slot).await;
+        slot.wanted.done(seen);
+        result
+    }
+
+    async fn fetch_now(&self, ns: &NamespaceState, slot: &ServiceSlot) -> Result<(), BackendError> {
         match self.backend.discover(&ns.ns, &slot.name).await {
             Ok(d) => {
                 let grpc = d.grpc_config.clone();
@@ -526,6 +644,12 @@ impl Cache {
         let slot = ns.slot(name);
         slot.last_used.store(now_ms(), Ordering::Relaxed);
         if self.push || slot.refreshing.load(Ordering::Acquire) {
+            if slot.wanted.is_outdated() {
+                let _guard = slot.load.lock().await;
+                if slot.wanted.is_outdated() {
+                    let _ = self.fetch_locked(ns, &slot).await;
+                }
+            }
             if let Some(found) = slot.lookup() {
                 return found;
             }

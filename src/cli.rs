@@ -24,7 +24,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the server (the default).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate a config file, print the effective config, exit 0 (valid) or 1.
     CheckConfig {
         #[arg(long, value_name = "FILE")]

@@ -75,4 +75,9 @@ impl Backend for Embedded {
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
         Some(self.registry.subscribe())
     }
+
+    fn observe(&self, observer: crate::registry::Observer) -> bool {
+        self.registry.observe(observer);
+        true
+    }
 }

@@ -80,4 +80,10 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Pushed changes, when the backend has them; `None` means poll.
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>>;
+
+    /// Registers a synchronous observer of changes, called before the write that made them is
+    /// acknowledged; `false` if the backend cannot (then readers cannot read their writes).
+    fn observe(&self, _observer: crate::registry::Observer) -> bool {
+        false
+    }
 }

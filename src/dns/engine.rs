@@ -148,7 +148,7 @@ impl Engine {
         let n = wire::lower_name_into(q.qname, &mut lower);
         let lower = &lower[..n];
         let zones_gen = self.cache.zones_generation.load(Ordering::Acquire);
-        let zones = self.cache.zones();
+        let zones = self.cache.zones().await;
         let mut deps = vec![(self.cache.zones_generation.clone(), zones_gen)];
         let mut case_sensitive = false;
         let mut answer = match zones.find(lower) {

@@ -96,7 +96,12 @@ struct Inner {
     health_changed: tokio::sync::Notify,
     /// Committed changes, for in-process readers (the DNS cache) that must see them at once.
     changes: tokio::sync::broadcast::Sender<Change>,
+    /// Called with each change after its commit and before the write returns, so a reader that
+    /// marks its copy outdated here never serves it after the writer was answered.
+    observers: std::sync::RwLock<Vec<Observer>>,
 }
+
+pub type Observer = Box<dyn Fn(&Change) + Send + Sync>;
 
 /// What a committed write changed, as in-process readers need to know it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +151,7 @@ impl Registry {
                 clock,
                 health_changed: tokio::sync::Notify::new(),
                 changes: tokio::sync::broadcast::channel(4096).0,
+                observers: std::sync::RwLock::new(Vec::new()),
             }),
         })
     }
@@ -177,6 +183,12 @@ impl Registry {
         Ctx { now: (self.inner.clock)(), settings: &self.inner.settings, changes: Default::default() }
     }
 
+    /// Registers a synchronous observer of committed changes. It runs on the writer's thread
+    /// before the write returns, so it must be quick and must not call the registry.
+    pub fn observe(&self, observer: Observer) {
+        self.inner.observers.write().unwrap_or_else(|p| p.into_inner()).push(observer);
+    }
+
     /// Committed changes, as they happen. A receiver that lags gets `RecvError::Lagged` and must
     /// re-read everything it holds.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Change> {
@@ -193,7 +205,11 @@ impl Registry {
         drop(store);
         let mut changes = ctx.changes.into_inner();
         changes.dedup();
+        let observers = self.inner.observers.read().unwrap_or_else(|p| p.into_inner());
         for change in changes {
+            for observe in observers.iter() {
+                observe(&change);
+            }
             // No receiver is fine: nothing in process is reading.
             let _ = self.inner.changes.send(change);
         }

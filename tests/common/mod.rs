@@ -2,6 +2,8 @@
 //! read from its `listening for ... on ADDR` log lines) and builds Cloud Map clients for it.
 #![allow(dead_code)]
 
+pub mod dns;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,161 @@
+//! A small DNS client for the tests: queries built byte by byte (so case, flags and malformations
+//! are exactly what a test says), sent over UDP or TCP, and responses parsed with hickory-proto.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{RData, RecordType};
+
+pub const A: u16 = 1;
+pub const NS: u16 = 2;
+pub const CNAME: u16 = 5;
+pub const SOA: u16 = 6;
+pub const TXT: u16 = 16;
+pub const AAAA: u16 = 28;
+pub const SRV: u16 = 33;
+pub const ANY: u16 = 255;
+
+pub struct Q {
+    pub id: u16,
+    pub flags: u16,
+    pub edns: Option<(u16, u8)>,
+}
+
+impl Default for Q {
+    fn default() -> Q {
+        Q { id: 0x4242, flags: 0x0100, edns: Some((1232, 0)) }
+    }
+}
+
+pub fn encode_name(name: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name.trim_end_matches('.').split('.').filter(|l| !l.is_empty()) {
+        out.push(label.len() as u8);
+        out.extend_from_slice(label.as_bytes());
+    }
+    out.push(0);
+    out
+}
+
+pub fn query_with(name: &str, qtype: u16, q: &Q) -> Vec<u8> {
+    let mut p = Vec::new();
+    p.extend(q.id.to_be_bytes());
+    p.extend(q.flags.to_be_bytes());
+    p.extend([0, 1, 0, 0, 0, 0, 0, q.edns.is_some() as u8]);
+    p.extend(encode_name(name));
+    p.extend(qtype.to_be_bytes());
+    p.extend(1u16.to_be_bytes());
+    if let Some((size, version)) = q.edns {
+        p.push(0);
+        p.extend(41u16.to_be_bytes());
+        p.extend(size.to_be_bytes());
+        p.extend([0, version, 0, 0, 0, 0]);
+    }
+    p
+}
+
+pub fn query(name: &str, qtype: u16) -> Vec<u8> {
+    query_with(name, qtype, &Q::default())
+}
+
+/// Sends one datagram; `None` if nothing comes back within the timeout.
+pub fn udp_raw(server: SocketAddr, packet: &[u8], timeout: Duration) -> Option<Vec<u8>> {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    sock.send_to(packet, server).unwrap();
+    let mut buf = vec![0u8; 65535];
+    let (n, _) = sock.recv_from(&mut buf).ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+pub fn udp(server: SocketAddr, packet: &[u8]) -> Vec<u8> {
+    udp_raw(server, packet, Duration::from_secs(10)).expect("a UDP response")
+}
+
+/// Sends several queries on one TCP connection at once (pipelined) and reads as many responses.
+pub fn tcp(server: SocketAddr, packets: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut s = TcpStream::connect(server).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut all = Vec::new();
+    for p in packets {
+        all.extend((p.len() as u16).to_be_bytes());
+        all.extend(p);
+    }
+    s.write_all(&all).unwrap();
+    (0..packets.len())
+        .map(|_| {
+            let mut len = [0u8; 2];
+            s.read_exact(&mut len).unwrap();
+            let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+            s.read_exact(&mut buf).unwrap();
+            buf
+        })
+        .collect()
+}
+
+pub fn parse(bytes: &[u8]) -> Message {
+    Message::from_vec(bytes).expect("a well-formed DNS message")
+}
+
+pub fn rcode(m: &Message) -> ResponseCode {
+    m.metadata.response_code
+}
+
+pub fn a(m: &Message) -> Vec<Ipv4Addr> {
+    m.answers.iter().filter_map(|r| if let RData::A(a) = &r.data { Some(a.0) } else { None }).collect()
+}
+
+pub fn aaaa(m: &Message) -> Vec<Ipv6Addr> {
+    m.answers.iter().filter_map(|r| if let RData::AAAA(a) = &r.data { Some(a.0) } else { None }).collect()
+}
+
+/// (priority, weight, port, target) of each SRV answer.
+pub fn srv(m: &Message) -> Vec<(u16, u16, u16, String)> {
+    m.answers
+        .iter()
+        .filter_map(|r| {
+            if let RData::SRV(s) = &r.data {
+                Some((s.priority, s.weight, s.port, s.target.to_ascii()))
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+pub fn txt(m: &Message) -> Vec<Vec<String>> {
+    m.answers
+        .iter()
+        .filter_map(|r| {
+            if let RData::TXT(t) = &r.data {
+                Some(t.txt_data.iter().map(|s| String::from_utf8_lossy(s).into_owned()).collect())
+            } else {
+                None
+            }
+        })
+        .collect()
+}
+
+pub fn types(records: &[hickory_proto::rr::Record]) -> Vec<RecordType> {
+    records.iter().map(|r| r.record_type()).collect()
+}
+
+/// The Extended DNS Error code (RFC 8914) in the response's OPT, if any.
+pub fn ede(m: &Message) -> Option<u16> {
+    let edns = m.edns.as_ref()?;
+    edns.options().options.iter().find_map(|(code, opt)| {
+        if u16::from(*code) != 15 {
+            return None;
+        }
+        match opt {
+            hickory_proto::rr::rdata::opt::EdnsOption::Unknown(_, data) if data.len() >= 2 => {
+                Some(u16::from_be_bytes([data[0], data[1]]))
+            }
+            _ => None,
+        }
+    })
+}
