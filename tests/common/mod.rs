@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod proxy;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -46,6 +47,11 @@ impl Server {
     /// Starts a server on `data_dir`; `Err` holds its output if it exits before listening.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
         let mut child = Command::new(BIN)
+            // Credentials and region for the aws backend; no instance metadata to ask.
+            .env("AWS_ACCESS_KEY_ID", "test")
+            .env("AWS_SECRET_ACCESS_KEY", "test")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
             .arg("serve")
             .args(["--api-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0", "--log-level", "info"])
             .arg("--data-dir")

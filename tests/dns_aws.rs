@@ -1,0 +1,265 @@
+//! The aws backend against a real Cloud Map API server (the embedded registry of a second
+//! cloudmap-dns) behind a counting proxy: freshness, API cost at the backend, single-flight
+//! misses, throttling, stale serving, and the snapshot across a restart.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_servicediscovery as sd;
+use common::Server;
+use common::dns::{self, A};
+use common::proxy::{Mode, Proxy};
+use hickory_proto::op::ResponseCode;
+
+/// The registry (a cloudmap-dns with the embedded backend), seeded with namespace `lab`, service
+/// `web` (custom health) and two instances.
+async fn registry() -> (Server, sd::Client, String) {
+    let registry = Server::start(&[]);
+    let c = registry.client();
+    let op = c.create_http_namespace().name("lab").send().await.unwrap();
+    let op = c.get_operation().operation_id(op.operation_id().unwrap()).send().await.unwrap();
+    let ns = op.operation().unwrap().targets().unwrap()[&sd::types::OperationTargetType::Namespace].clone();
+    let svc = c
+        .create_service()
+        .name("web")
+        .namespace_id(&ns)
+        .health_check_custom_config(sd::types::HealthCheckCustomConfig::builder().build())
+        .send()
+        .await
+        .unwrap();
+    let svc = svc.service().unwrap().id().unwrap().to_string();
+    for (id, ip) in [("w1", "10.0.0.1"), ("w2", "10.0.0.2")] {
+        register(&c, &svc, id, ip).await;
+    }
+    c.create_service().name("cold").namespace_id(&ns).send().await.unwrap();
+    (registry, c, svc)
+}
+
+async fn register(c: &sd::Client, svc: &str, id: &str, ip: &str) {
+    c.register_instance()
+        .service_id(svc)
+        .instance_id(id)
+        .attributes("AWS_INSTANCE_IPV4", ip)
+        .send()
+        .await
+        .unwrap();
+}
+
+/// A cloudmap-dns with the aws backend pointed at `proxy`, serving namespace `lab` as `lab.example`.
+fn dns_server(dir: &Path, proxy: &Proxy, backend: &str) -> Result<Server, String> {
+    std::fs::create_dir_all(dir).unwrap();
+    let config = dir.join("aws.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[backend]\nkind = \"aws\"\nendpoint_url = \"{}\"\nrefresh_ms = 200\n{backend}\n\n[[dns.zones]]\nzone = \"lab.example\"\nnamespace = \"lab\"\n",
+            proxy.url()
+        ),
+    )
+    .unwrap();
+    Server::start_in(&dir.join("data"), &["--config", config.to_str().unwrap()])
+}
+
+fn ips(server: &Server, name: &str) -> Vec<String> {
+    let mut v: Vec<String> = dns::a(&ask(server, name)).iter().map(|a| a.to_string()).collect();
+    v.sort();
+    v
+}
+
+fn ask(server: &Server, name: &str) -> hickory_proto::op::Message {
+    dns::parse(&dns::udp(server.dns, &dns::query(name, A)))
+}
+
+async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if f() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn fresh_and_cheap() {
+    let (registry, c, svc) = registry().await;
+    let proxy = Proxy::start(registry.api);
+    let tmp = tempfile::tempdir().unwrap();
+    // A long health interval, so that steady state shows revision checks only.
+    let server = dns_server(tmp.path(), &proxy, "health_refresh_ms = 60000").unwrap();
+
+    assert_eq!(ips(&server, "web.lab.example"), ["10.0.0.1", "10.0.0.2"]);
+    let start = Instant::now();
+    let steady = Duration::from_secs(2);
+    while start.elapsed() < steady {
+        assert_eq!(ips(&server, "web.lab.example").len(), 2);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let discover = proxy.count("DiscoverInstances", "\"web\"", start);
+    let revisions = proxy.count("DiscoverInstancesRevision", "\"web\"", start);
+    println!(
+        "steady state over {steady:?}: {discover} DiscoverInstances, {revisions} DiscoverInstancesRevision"
+    );
+    assert_eq!(discover, 0, "no changes: no DiscoverInstances");
+    assert!((5..=14).contains(&revisions), "about one revision check per 200 ms: {revisions}");
+
+    // Random names in the zone cost no API calls: the catalog answers them.
+    let before = proxy.calls().len();
+    for i in 0..50 {
+        assert_eq!(dns::rcode(&ask(&server, &format!("nope-{i}.lab.example"))), ResponseCode::NXDomain);
+    }
+    let discovers = proxy.calls()[before..]
+        .iter()
+        .filter(|c| c.operation.starts_with("Discover") && !c.body.contains("\"web\""))
+        .count();
+    assert_eq!(discovers, 0);
+
+    // A registration shows within the refresh interval and a round trip.
+    register(&c, &svc, "w3", "10.0.0.3").await;
+    let took = until(Duration::from_secs(5), || ips(&server, "web.lab.example").len() == 3).await;
+    c.deregister_instance().service_id(&svc).instance_id("w1").send().await.unwrap();
+    let took2 =
+        until(Duration::from_secs(5), || ips(&server, "web.lab.example") == ["10.0.0.2", "10.0.0.3"]).await;
+    println!("register seen after {took:?}, deregister after {took2:?} (refresh 200 ms)");
+    assert!(took < Duration::from_millis(1500) && took2 < Duration::from_millis(1500));
+}
+
+#[tokio::test]
+async fn health_changes_show_within_the_health_interval() {
+    let (registry, c, svc) = registry().await;
+    let proxy = Proxy::start(registry.api);
+    let tmp = tempfile::tempdir().unwrap();
+    let server = dns_server(tmp.path(), &proxy, "health_refresh_ms = 600").unwrap();
+    assert_eq!(ips(&server, "web.lab.example").len(), 2);
+    c.update_instance_custom_health_status()
+        .service_id(&svc)
+        .instance_id("w1")
+        .status(sd::types::CustomHealthStatus::Unhealthy)
+        .send()
+        .await
+        .unwrap();
+    let took = until(Duration::from_secs(5), || ips(&server, "web.lab.example") == ["10.0.0.2"]).await;
+    println!("health change seen after {took:?} (health interval 600 ms)");
+    assert!(took < Duration::from_millis(600 + 1500));
+}
+
+#[tokio::test]
+async fn idle_services_stop_costing_calls() {
+    let (registry, _c, _svc) = registry().await;
+    let proxy = Proxy::start(registry.api);
+    let tmp = tempfile::tempdir().unwrap();
+    let server = dns_server(tmp.path(), &proxy, "idle_timeout_ms = 500").unwrap();
+    assert_eq!(ips(&server, "web.lab.example").len(), 2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let quiet = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        proxy.count("DiscoverInstancesRevision", "", quiet) + proxy.count("DiscoverInstances", "", quiet),
+        0
+    );
+    // Asked again, it is re-validated before the answer.
+    let before = Instant::now();
+    assert_eq!(ips(&server, "web.lab.example").len(), 2);
+    assert!(
+        proxy.count("DiscoverInstancesRevision", "\"web\"", before)
+            + proxy.count("DiscoverInstances", "\"web\"", before)
+            >= 1
+    );
+}
+
+#[tokio::test]
+async fn concurrent_misses_share_one_call() {
+    let (registry, c, _svc) = registry().await;
+    let ns = c.list_namespaces().send().await.unwrap().namespaces()[0].id().unwrap().to_string();
+    let cold = c.list_services().send().await.unwrap();
+    let cold = cold.services().iter().find(|s| s.name() == Some("cold")).unwrap().id().unwrap().to_string();
+    let _ = ns;
+    register(&c, &cold, "c1", "10.9.9.9").await;
+    let proxy = Proxy::start(registry.api);
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Arc::new(dns_server(tmp.path(), &proxy, "").unwrap());
+    // Warm the catalog, so the cold service is the only miss.
+    let _ = ask(&server, "nope.lab.example");
+    proxy.set(Mode::Forward { latency: Duration::from_millis(300) });
+    let start = Instant::now();
+    let threads: Vec<_> = (0..200)
+        .map(|_| {
+            let server = server.clone();
+            std::thread::spawn(move || dns::a(&ask(&server, "cold.lab.example")).len())
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 1);
+    }
+    assert_eq!(proxy.count("DiscoverInstances", "\"cold\"", start), 1, "200 concurrent misses, one call");
+}
+
+#[tokio::test]
+async fn throttling_backs_off_within_the_budget_and_serves_stale() {
+    let (registry, _c, _svc) = registry().await;
+    let proxy = Proxy::start(registry.api);
+    let tmp = tempfile::tempdir().unwrap();
+    let server = dns_server(tmp.path(), &proxy, "rate_limit = 5.0\nhealth_refresh_ms = 60000").unwrap();
+    assert_eq!(ips(&server, "web.lab.example").len(), 2);
+    proxy.set(Mode::Throttle(vec!["DiscoverInstancesRevision", "DiscoverInstances"]));
+    let start = Instant::now();
+    let mut stale_seen = false;
+    while start.elapsed() < Duration::from_secs(6) {
+        let m = ask(&server, "web.lab.example");
+        assert_eq!(dns::a(&m).len(), 2, "answers continue");
+        if dns::ede(&m) == Some(3) {
+            stale_seen = true;
+            assert!(m.answers.iter().all(|r| r.ttl > 0));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(stale_seen, "answers are marked stale (EDE 3)");
+    let calls: Vec<Instant> = proxy.calls().iter().filter(|c| c.at >= start).map(|c| c.at).collect();
+    let elapsed = start.elapsed().as_secs_f64();
+    println!("{} calls in {elapsed:.1} s under throttling", calls.len());
+    assert!((calls.len() as f64) <= 5.0 * elapsed + 5.0, "within the budget of 5/s");
+    let gaps: Vec<f64> = calls.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+    assert!(gaps.len() >= 4, "{gaps:?}");
+    let early: f64 = gaps[..2].iter().sum::<f64>() / 2.0;
+    let late: f64 = gaps[gaps.len() - 2..].iter().sum::<f64>() / 2.0;
+    assert!(late > early, "the gaps grow: {gaps:?}");
+}
+
+#[tokio::test]
+async fn outages_serve_stale_and_the_snapshot_survives_a_restart() {
+    let (registry, _c, _svc) = registry().await;
+    let proxy = Proxy::start(registry.api);
+    let tmp = tempfile::tempdir().unwrap();
+
+    // Nothing cached and the backend down: SERVFAIL with EDE 22.
+    proxy.set(Mode::Down);
+    let cold = dns_server(&tmp.path().join("cold"), &proxy, "").unwrap();
+    let m = ask(&cold, "web.lab.example");
+    assert_eq!((dns::rcode(&m), dns::ede(&m)), (ResponseCode::ServFail, Some(22)));
+    drop(cold);
+
+    proxy.set(Mode::Forward { latency: Duration::ZERO });
+    let mut server = dns_server(tmp.path(), &proxy, "").unwrap();
+    assert_eq!(ips(&server, "web.lab.example").len(), 2);
+    assert_eq!(dns::ede(&ask(&server, "web.lab.example")), None, "fresh");
+    // The snapshot is written soon after the data changes.
+    let snapshot = tmp.path().join("data/dns-cache.json");
+    until(Duration::from_secs(5), || snapshot.exists()).await;
+
+    proxy.set(Mode::Down);
+    until(Duration::from_secs(5), || dns::ede(&ask(&server, "web.lab.example")) == Some(3)).await;
+    let m = ask(&server, "web.lab.example");
+    assert_eq!(dns::a(&m).len(), 2, "the last known good data");
+    assert!(m.answers.iter().all(|r| r.ttl > 0));
+
+    // kill -9, and start again with the backend still down: answers come from the snapshot.
+    server.kill9();
+    let server = dns_server(tmp.path(), &proxy, "").unwrap();
+    let m = ask(&server, "web.lab.example");
+    assert_eq!(dns::a(&m).len(), 2);
+    assert_eq!(dns::ede(&m), Some(3));
+}
