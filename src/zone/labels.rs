@@ -61,6 +61,7 @@ mod tests {
         let a = to_label("10.0.0.1:8080");
         assert!(a.starts_with("10-0-0-1-8080-") && a.len() == 14 + 8, "{a}");
         assert_eq!(a, to_label("10.0.0.1:8080"), "stable");
+        assert_eq!(to_label("10.0.0.7:8080"), "10-0-0-7-8080-b32571f3", "the README's example");
         assert_ne!(to_label("a.b"), to_label("a/b"), "distinct despite sanitising alike");
         let long = "x".repeat(64);
         let l = to_label(&long);
