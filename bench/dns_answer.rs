@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use common::dns;
 
+/// Gives the i-th query's name.
+type Names = Arc<dyn Fn(u64) -> String + Send + Sync>;
+
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -88,7 +91,7 @@ async fn main() {
         }
     }
     let dns_addr = server.dns;
-    let cases: Vec<(&str, u16, Arc<dyn Fn(u64) -> String + Send + Sync>)> = vec![
+    let cases: Vec<(&str, u16, Names)> = vec![
         ("cached A (100 services x 3)", dns::A, Arc::new(|i| format!("svc{}.bench", i % 100))),
         ("cached SRV", dns::SRV, Arc::new(|i| format!("svc{}.bench", i % 100))),
         ("miss (new name, NXDOMAIN)", dns::A, Arc::new(|i| format!("nx{i}.bench"))),

@@ -482,3 +482,31 @@ async fn changes_show_within_milliseconds() {
     within(Duration::from_secs(2), || rcode(&ask(&server, "x.later.test", A)) == ResponseCode::NXDomain)
         .await;
 }
+
+#[test]
+fn wildcard_listeners_reply_from_the_address_queried() {
+    let server = Server::start(&["--demo", "--dns-listen", "0.0.0.0:0"]);
+    let find = || -> Option<u16> {
+        server.log_text().lines().find_map(|l| {
+            l.split("listening for DNS on UDP 0.0.0.0:").nth(1)?.split_whitespace().next()?.parse().ok()
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let port = loop {
+        if let Some(p) = find() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "a wildcard listener");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    for target in ["127.0.0.2", "127.0.0.3", "127.0.0.1"] {
+        let to: std::net::SocketAddr = format!("{target}:{port}").parse().unwrap();
+        sock.send_to(&dns::query("orders.demo", A), to).unwrap();
+        let mut buf = [0u8; 1500];
+        let (n, from) = sock.recv_from(&mut buf).unwrap();
+        assert_eq!(from, to, "the reply leaves from the address the query went to");
+        assert_eq!(dns::a(&dns::parse(&buf[..n])).len(), 2);
+    }
+}

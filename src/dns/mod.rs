@@ -3,5 +3,6 @@
 
 pub mod answer;
 pub mod engine;
+mod pktinfo;
 pub mod server;
 pub mod wire;

@@ -76,10 +76,20 @@ pub fn spawn(listeners: Listeners, engine: Arc<Engine>, settings: ServerSettings
 }
 
 async fn serve_udp(socket: Arc<UdpSocket>, engine: Arc<Engine>) {
+    // On a wildcard address, replies must leave from the address each query came to.
+    let wildcard = socket.local_addr().is_ok_and(|a| a.ip().is_unspecified());
+    if wildcard && let Err(e) = super::pktinfo::enable(&socket) {
+        tracing::warn!(error = %e, "cannot read datagram destinations; replies leave by the routing table's choice");
+    }
     let mut buf = vec![0u8; 65535];
     let mut out = Vec::with_capacity(1232);
     loop {
-        let (len, peer) = match socket.recv_from(&mut buf).await {
+        let received = if wildcard {
+            super::pktinfo::recv(&socket, &mut buf).await
+        } else {
+            socket.recv_from(&mut buf).await.map(|(n, peer)| (n, peer, None))
+        };
+        let (len, peer, local) = match received {
             Ok(r) => r,
             Err(e) => {
                 // ICMP errors for earlier replies surface here on some systems; keep serving.
@@ -90,7 +100,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, engine: Arc<Engine>) {
         let packet = &buf[..len];
         match engine.answer_cached(packet, Transport::Udp, &mut out) {
             Fast::Answered => {
-                let _ = socket.send_to(&out, peer).await;
+                let _ = reply(&socket, &out, peer, local).await;
             }
             Fast::Dropped => {}
             Fast::Miss => {
@@ -100,13 +110,25 @@ async fn serve_udp(socket: Arc<UdpSocket>, engine: Arc<Engine>) {
                 tokio::spawn(
                     async move {
                         if let Some(response) = engine.answer(&packet, Transport::Udp).await {
-                            let _ = socket.send_to(&response, peer).await;
+                            let _ = reply(&socket, &response, peer, local).await;
                         }
                     }
                     .instrument(span),
                 );
             }
         }
+    }
+}
+
+async fn reply(
+    socket: &UdpSocket,
+    data: &[u8],
+    peer: SocketAddr,
+    local: Option<std::net::IpAddr>,
+) -> std::io::Result<usize> {
+    match local {
+        Some(_) => super::pktinfo::send(socket, data, peer, local).await,
+        None => socket.send_to(data, peer).await,
     }
 }
 
