@@ -662,7 +662,10 @@ impl Cache {
             self.revalidate(ns, &slot).await;
         } else {
             let _guard = slot.load.lock().await;
-            let loaded = { slot.read().view.is_some() || slot.read().not_found };
+            let loaded = {
+                let st = slot.read();
+                st.view.is_some() || st.not_found
+            };
             if !loaded || !slot.refreshing.load(Ordering::Acquire) {
                 let _ = self.fetch_locked(ns, &slot).await;
             }

@@ -263,3 +263,41 @@ async fn outages_serve_stale_and_the_snapshot_survives_a_restart() {
     assert_eq!(dns::a(&m).len(), 2);
     assert_eq!(dns::ede(&m), Some(3));
 }
+
+#[tokio::test]
+async fn data_plane_calls_go_to_the_data_endpoint() {
+    let (registry, _c, _svc) = registry().await;
+    let control = Proxy::start(registry.api);
+    let data = Proxy::start(registry.api);
+    let tmp = tempfile::tempdir().unwrap();
+    let server =
+        dns_server(tmp.path(), &control, &format!("data_endpoint_url = \"{}\"", data.url())).unwrap();
+    assert_eq!(ips(&server, "web.lab.example").len(), 2);
+    let ops =
+        |p: &Proxy| p.calls().iter().map(|c| c.operation.clone()).collect::<std::collections::BTreeSet<_>>();
+    assert!(ops(&control).iter().all(|o| o.starts_with("List")), "control plane only: {:?}", ops(&control));
+    assert!(ops(&data).contains("DiscoverInstances"), "{:?}", ops(&data));
+    assert!(ops(&data).iter().all(|o| o.starts_with("Discover")), "{:?}", ops(&data));
+}
+
+#[tokio::test]
+async fn a_short_budget_stretches_the_refresh_interval() {
+    let (registry, c, _svc) = registry().await;
+    let cold = c.list_services().send().await.unwrap();
+    let cold = cold.services().iter().find(|s| s.name() == Some("cold")).unwrap().id().unwrap().to_string();
+    register(&c, &cold, "c1", "10.9.9.9").await;
+    let proxy = Proxy::start(registry.api);
+    let tmp = tempfile::tempdir().unwrap();
+    // Two active services, two calls a second: each can be re-validated once a second at most.
+    let server = dns_server(tmp.path(), &proxy, "rate_limit = 2.0").unwrap();
+    assert_eq!(ips(&server, "web.lab.example").len(), 2);
+    assert_eq!(ips(&server, "cold.lab.example").len(), 1);
+    let m = dns::parse(&dns::udp(server.dns, &dns::query("_cloudmap.web.lab.example", dns::TXT)));
+    let strings: Vec<String> = dns::txt(&m).into_iter().flatten().collect();
+    assert!(strings.contains(&"refresh=1000ms".to_string()), "{strings:?}");
+    assert!(strings.contains(&"backend=aws".to_string()), "{strings:?}");
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let revisions = proxy.count("DiscoverInstancesRevision", "", start);
+    assert!(revisions <= 8, "about one per service per second, not five: {revisions}");
+}
