@@ -73,17 +73,6 @@ fn ask(server: &Server, name: &str) -> hickory_proto::op::Message {
     dns::parse(&dns::udp(server.dns, &dns::query(name, A)))
 }
 
-async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 #[tokio::test]
 async fn fresh_and_cheap() {
     let (registry, c, svc) = registry().await;
@@ -120,10 +109,11 @@ async fn fresh_and_cheap() {
 
     // A registration shows within the refresh interval and a round trip.
     register(&c, &svc, "w3", "10.0.0.3").await;
-    let took = until(Duration::from_secs(5), || ips(&server, "web.lab.example").len() == 3).await;
+    let took = common::until(Duration::from_secs(5), || ips(&server, "web.lab.example").len() == 3).await;
     c.deregister_instance().service_id(&svc).instance_id("w1").send().await.unwrap();
     let took2 =
-        until(Duration::from_secs(5), || ips(&server, "web.lab.example") == ["10.0.0.2", "10.0.0.3"]).await;
+        common::until(Duration::from_secs(5), || ips(&server, "web.lab.example") == ["10.0.0.2", "10.0.0.3"])
+            .await;
     println!("register seen after {took:?}, deregister after {took2:?} (refresh 200 ms)");
     assert!(took < Duration::from_millis(1500) && took2 < Duration::from_millis(1500));
 }
@@ -142,7 +132,8 @@ async fn health_changes_show_within_the_health_interval() {
         .send()
         .await
         .unwrap();
-    let took = until(Duration::from_secs(5), || ips(&server, "web.lab.example") == ["10.0.0.2"]).await;
+    let took =
+        common::until(Duration::from_secs(5), || ips(&server, "web.lab.example") == ["10.0.0.2"]).await;
     println!("health change seen after {took:?} (health interval 600 ms)");
     assert!(took < Duration::from_millis(600 + 1500));
 }
@@ -248,10 +239,10 @@ async fn outages_serve_stale_and_the_snapshot_survives_a_restart() {
     assert_eq!(dns::ede(&ask(&server, "web.lab.example")), None, "fresh");
     // The snapshot is written soon after the data changes.
     let snapshot = tmp.path().join("data/dns-cache.json");
-    until(Duration::from_secs(5), || snapshot.exists()).await;
+    common::until(Duration::from_secs(5), || snapshot.exists()).await;
 
     proxy.set(Mode::Down);
-    until(Duration::from_secs(5), || dns::ede(&ask(&server, "web.lab.example")) == Some(3)).await;
+    common::until(Duration::from_secs(5), || dns::ede(&ask(&server, "web.lab.example")) == Some(3)).await;
     let m = ask(&server, "web.lab.example");
     assert_eq!(dns::a(&m).len(), 2, "the last known good data");
     assert!(m.answers.iter().all(|r| r.ttl > 0));

@@ -58,18 +58,6 @@ fn set<T: Ord + Clone>(v: &[T]) -> BTreeSet<T> {
     v.iter().cloned().collect()
 }
 
-/// Polls until `f` holds, returning how long it took.
-async fn within(limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    loop {
-        if f() {
-            return start.elapsed();
-        }
-        assert!(start.elapsed() < limit, "not within {limit:?}");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
 #[tokio::test]
 async fn demo_answers_srv_a_and_per_instance_names() {
     let server = Server::start(&["--demo"]);
@@ -437,7 +425,7 @@ async fn grpc_config_txt() {
         format!("{{\"loadBalancingConfig\":[{{\"round_robin\":{{}}}}],\"pad\":\"{}\"}}", "x".repeat(300));
     c.update_service_attributes().service_id(&svc).attributes("grpc_config", &config).send().await.unwrap();
     let mut strings = Vec::new();
-    within(Duration::from_secs(2), || {
+    common::until(Duration::from_secs(2), || {
         strings = dns::txt(&ask(&server, "_grpc_config.api.grpc", TXT)).into_iter().flatten().collect();
         !strings.is_empty()
     })
@@ -457,13 +445,13 @@ async fn changes_show_within_milliseconds() {
     assert_eq!(count(), 1);
     let mut took = Vec::new();
     register(&c, &svc, "b", &[("AWS_INSTANCE_IPV4", "10.7.0.2")]).await;
-    took.push(within(Duration::from_secs(2), || count() == 2).await);
+    took.push(common::until(Duration::from_secs(2), || count() == 2).await);
     c.deregister_instance().service_id(&svc).instance_id("a").send().await.unwrap();
-    took.push(within(Duration::from_secs(2), || count() == 1).await);
+    took.push(common::until(Duration::from_secs(2), || count() == 1).await);
     health(&c, &svc, "b", false).await;
     register(&c, &svc, "c", &[("AWS_INSTANCE_IPV4", "10.7.0.3")]).await;
     took.push(
-        within(Duration::from_secs(2), || {
+        common::until(Duration::from_secs(2), || {
             dns::a(&ask(&server, "web.fresh", A)) == ["10.7.0.3".parse::<Ipv4Addr>().unwrap()]
         })
         .await,
@@ -476,11 +464,13 @@ async fn changes_show_within_milliseconds() {
     let ns2 = namespace(&c, "later.test").await;
     let s2 = service(&c, &ns2, "x", false).await;
     register(&c, &s2, "x1", &[("AWS_INSTANCE_IPV4", "10.8.0.1")]).await;
-    within(Duration::from_secs(2), || dns::a(&ask(&server, "x.later.test", A)).len() == 1).await;
+    common::until(Duration::from_secs(2), || dns::a(&ask(&server, "x.later.test", A)).len() == 1).await;
     c.deregister_instance().service_id(&s2).instance_id("x1").send().await.unwrap();
     c.delete_service().id(&s2).send().await.unwrap();
-    within(Duration::from_secs(2), || rcode(&ask(&server, "x.later.test", A)) == ResponseCode::NXDomain)
-        .await;
+    common::until(Duration::from_secs(2), || {
+        rcode(&ask(&server, "x.later.test", A)) == ResponseCode::NXDomain
+    })
+    .await;
 }
 
 #[test]

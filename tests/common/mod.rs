@@ -14,11 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_sdk_servicediscovery as sd;
-use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::interceptors::Intercept;
-use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextMut;
-use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
-use aws_smithy_types::config_bag::ConfigBag;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_cloudmap-dns");
 
@@ -125,38 +120,16 @@ impl Drop for Server {
     }
 }
 
-/// aws-sdk-servicediscovery sends DiscoverInstances and DiscoverInstancesRevision to
-/// `data-<host>`; with a custom endpoint that name does not resolve, so strip the prefix.
-#[derive(Debug)]
-struct StripDataHostPrefix;
-
-impl Intercept for StripDataHostPrefix {
-    fn name(&self) -> &'static str {
-        "StripDataHostPrefix"
-    }
-
-    fn modify_before_signing(
-        &self,
-        context: &mut BeforeTransmitInterceptorContextMut<'_>,
-        _rc: &RuntimeComponents,
-        _cfg: &mut ConfigBag,
-    ) -> Result<(), BoxError> {
-        let request = context.request_mut();
-        let uri = request.uri().to_string();
-        if let Some(rest) = uri.strip_prefix("http://data-") {
-            request.set_uri(format!("http://{rest}"))?;
-        }
-        Ok(())
-    }
-}
-
+/// A client for a local Cloud Map API. The SDK sends DiscoverInstances and
+/// DiscoverInstancesRevision to `data-<host>`, which a local endpoint does not have; the
+/// interceptor the aws backend uses strips the prefix again.
 pub fn client(endpoint: &str) -> sd::Client {
     let config = sd::Config::builder()
         .behavior_version(sd::config::BehaviorVersion::latest())
         .region(sd::config::Region::new("us-east-1"))
         .credentials_provider(sd::config::Credentials::new("test", "test", None, None, "tests"))
         .endpoint_url(endpoint)
-        .interceptor(StripDataHostPrefix)
+        .interceptor(cloudmap_dns::backend::aws::StripDataHostPrefix)
         .build();
     sd::Client::from_conf(config)
 }
@@ -176,4 +149,16 @@ where
 {
     use sd::error::ProvideErrorMetadata;
     err.message().unwrap_or("").to_string()
+}
+
+/// Polls `f` until it holds, returning how long that took; fails the test after `limit`.
+pub async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        if f() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
