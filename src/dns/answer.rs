@@ -67,34 +67,51 @@ impl Answer {
     }
 
     /// Writes the response to `q` into `out`, within `limit` bytes. Returns whether TC was set.
+    /// Besides `out`, nothing is allocated unless the answer has over 64 records.
     pub fn write(&self, q: &Query, limit: usize, now_ms: u64, out: &mut Vec<u8>) -> bool {
         if let Some(t) = &self.touch {
             t.store(now_ms, Ordering::Relaxed);
         }
-        let mut picked: Vec<&[u8]> = self.records.iter().map(Vec::as_slice).collect();
-        match self.pick {
-            Pick::All => {}
-            Pick::Shuffle => picked.shuffle(&mut rand::rng()),
-            Pick::Sample(n) if n > 0 && n < picked.len() => {
-                let mut rng = rand::rng();
-                // A partial Fisher-Yates: the first n slots end up a uniform random sample.
-                for i in 0..n {
-                    let j = rng.random_range(i..picked.len());
-                    picked.swap(i, j);
-                }
-                picked.truncate(n);
-            }
-            Pick::Sample(_) => picked.shuffle(&mut rand::rng()),
+        let n = self.records.len();
+        let mut stack = [0u16; 64];
+        let mut heap = Vec::new();
+        let order: &mut [u16] = if n <= stack.len() {
+            &mut stack[..n]
+        } else {
+            heap.resize(n, 0);
+            &mut heap
+        };
+        for (i, slot) in order.iter_mut().enumerate() {
+            *slot = i as u16;
         }
-        let authority: Vec<&[u8]> = self.authority.iter().map(Vec::as_slice).collect();
-        let additional: Vec<&[u8]> = self.additional.iter().map(Vec::as_slice).collect();
+        let take = match self.pick {
+            Pick::All => n,
+            Pick::Shuffle => {
+                order.shuffle(&mut rand::rng());
+                n
+            }
+            Pick::Sample(k) if k > 0 && k < n => {
+                let mut rng = rand::rng();
+                // A partial Fisher-Yates: the first k slots end up a uniform random sample.
+                for i in 0..k {
+                    let j = rng.random_range(i..n);
+                    order.swap(i, j);
+                }
+                k
+            }
+            Pick::Sample(_) => {
+                order.shuffle(&mut rand::rng());
+                n
+            }
+        };
+        let answer = wire::Picked { records: &self.records, order: &order[..take] };
         let sections = Sections {
             rcode: self.rcode,
             authoritative: self.authoritative,
             recursion_available: self.recursion_available,
-            answer: &picked,
-            authority: &authority,
-            additional: &additional,
+            answer: &answer,
+            authority: &self.authority,
+            additional: &self.additional,
             opt: OptOut { extended_rcode: 0, ede: self.ede.as_ref().map(|(c, t)| (*c, t.as_ref())) },
         };
         wire::write_response(q, &sections, limit, out)

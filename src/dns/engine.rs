@@ -89,13 +89,14 @@ impl Engine {
             && edns.version > 0
         {
             // RFC 6891 §6.1.3: BADVERS, in the OPT's extended rcode, nothing else.
+            let none: &[&[u8]] = &[];
             let s = Sections {
                 rcode: 0,
                 authoritative: false,
                 recursion_available: false,
-                answer: &[],
-                authority: &[],
-                additional: &[],
+                answer: &none,
+                authority: &none,
+                additional: &none,
                 opt: OptOut { extended_rcode: (RCODE_BADVERS >> 4) as u8, ede: None },
             };
             wire::write_response(&q, &s, limit(&q, transport), out);

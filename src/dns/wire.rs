@@ -350,57 +350,104 @@ pub struct OptOut<'a> {
     pub ede: Option<(u16, &'a str)>,
 }
 
-fn opt_record(opt: &OptOut, dnssec_ok: bool) -> Vec<u8> {
-    let mut rdata = Vec::new();
-    if let Some((code, text)) = opt.ede {
-        rdata.extend_from_slice(&OPTION_EDE.to_be_bytes());
-        rdata.extend_from_slice(&((2 + text.len()) as u16).to_be_bytes());
-        rdata.extend_from_slice(&code.to_be_bytes());
-        rdata.extend_from_slice(text.as_bytes());
-    }
-    let mut r = Vec::with_capacity(11 + rdata.len());
-    r.push(0);
-    r.extend_from_slice(&TYPE_OPT.to_be_bytes());
-    r.extend_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
-    r.push(opt.extended_rcode);
-    r.push(0); // EDNS version 0
-    r.extend_from_slice(&(if dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
-    r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-    r.extend_from_slice(&rdata);
-    r
+fn opt_len(opt: &OptOut) -> usize {
+    11 + opt.ede.map_or(0, |(_, text)| 6 + text.len())
 }
 
-/// The sections of a response, as slices of encoded records.
+/// Appends our OPT record: payload size, extended rcode, DO echoed, and the EDE option if any.
+fn write_opt(opt: &OptOut, dnssec_ok: bool, out: &mut Vec<u8>) {
+    out.push(0);
+    out.extend_from_slice(&TYPE_OPT.to_be_bytes());
+    out.extend_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());
+    out.push(opt.extended_rcode);
+    out.push(0); // EDNS version 0
+    out.extend_from_slice(&(if dnssec_ok { 0x8000u16 } else { 0 }).to_be_bytes());
+    match opt.ede {
+        Some((code, text)) => {
+            out.extend_from_slice(&((6 + text.len()) as u16).to_be_bytes());
+            out.extend_from_slice(&OPTION_EDE.to_be_bytes());
+            out.extend_from_slice(&((2 + text.len()) as u16).to_be_bytes());
+            out.extend_from_slice(&code.to_be_bytes());
+            out.extend_from_slice(text.as_bytes());
+        }
+        None => out.extend_from_slice(&0u16.to_be_bytes()),
+    }
+}
+
+/// A section's records, in the order they are to be written, without collecting them first.
+pub trait Records {
+    fn count(&self) -> usize;
+    fn record(&self, i: usize) -> &[u8];
+}
+
+impl Records for &[&[u8]] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn record(&self, i: usize) -> &[u8] {
+        self[i]
+    }
+}
+
+impl Records for Vec<Vec<u8>> {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn record(&self, i: usize) -> &[u8] {
+        &self[i]
+    }
+}
+
+/// Some of `records`, in the order `order` gives.
+pub struct Picked<'a> {
+    pub records: &'a [Vec<u8>],
+    pub order: &'a [u16],
+}
+
+impl Records for Picked<'_> {
+    fn count(&self) -> usize {
+        self.order.len()
+    }
+    fn record(&self, i: usize) -> &[u8] {
+        &self.records[self.order[i] as usize]
+    }
+}
+
+/// The sections of a response.
 pub struct Sections<'a> {
     pub rcode: u8,
     pub authoritative: bool,
     pub recursion_available: bool,
-    pub answer: &'a [&'a [u8]],
-    pub authority: &'a [&'a [u8]],
-    pub additional: &'a [&'a [u8]],
+    pub answer: &'a dyn Records,
+    pub authority: &'a dyn Records,
+    pub additional: &'a dyn Records,
     pub opt: OptOut<'a>,
+}
+
+fn total(r: &dyn Records) -> usize {
+    (0..r.count()).map(|i| r.record(i).len()).sum()
 }
 
 /// Assembles a response to `q` into `out`, fitting it into `limit` bytes (RFC 2181 §9): additional
 /// records are dropped first, and TC is set only when the answer and authority sections do not fit,
-/// in which case they are left out whole. Returns whether TC was set.
+/// in which case they are left out whole. Returns whether TC was set. Allocates nothing beyond
+/// `out`.
 pub fn write_response(q: &Query, s: &Sections, limit: usize, out: &mut Vec<u8>) -> bool {
     out.clear();
-    let opt = q.edns.map(|e| opt_record(&s.opt, e.dnssec_ok));
-    let opt_len = opt.as_ref().map_or(0, Vec::len);
+    let opt_len = if q.edns.is_some() { opt_len(&s.opt) } else { 0 };
     let base = HEADER_LEN + q.question.len() + opt_len;
-    let required: usize = s.answer.iter().chain(s.authority).map(|r| r.len()).sum();
+    let required = total(s.answer) + total(s.authority);
     let truncated = base + required > limit;
-    let (answer, authority): (&[&[u8]], &[&[u8]]) =
-        if truncated { (&[], &[]) } else { (s.answer, s.authority) };
+    let (answers, authorities) = if truncated { (0, 0) } else { (s.answer.count(), s.authority.count()) };
     let mut room = limit.saturating_sub(base + if truncated { 0 } else { required });
     let mut additional = 0;
     if !truncated {
-        for r in s.additional {
-            if r.len() > room {
+        for i in 0..s.additional.count() {
+            let len = s.additional.record(i).len();
+            if len > room {
                 break;
             }
-            room -= r.len();
+            room -= len;
             additional += 1;
         }
     }
@@ -416,18 +463,25 @@ pub fn write_response(q: &Query, s: &Sections, limit: usize, out: &mut Vec<u8>) 
     }
     flags |= q.flags & 0x0010;
     flags |= (s.rcode & 0x0F) as u16;
+    out.reserve(base + if truncated { 0 } else { required });
     out.extend_from_slice(&q.id.to_be_bytes());
     out.extend_from_slice(&flags.to_be_bytes());
     out.extend_from_slice(&1u16.to_be_bytes());
-    out.extend_from_slice(&(answer.len() as u16).to_be_bytes());
-    out.extend_from_slice(&(authority.len() as u16).to_be_bytes());
-    out.extend_from_slice(&((additional + opt.is_some() as usize) as u16).to_be_bytes());
+    out.extend_from_slice(&(answers as u16).to_be_bytes());
+    out.extend_from_slice(&(authorities as u16).to_be_bytes());
+    out.extend_from_slice(&((additional + q.edns.is_some() as usize) as u16).to_be_bytes());
     out.extend_from_slice(q.question);
-    for r in answer.iter().chain(authority).chain(&s.additional[..additional]) {
-        out.extend_from_slice(r);
+    for i in 0..answers {
+        out.extend_from_slice(s.answer.record(i));
     }
-    if let Some(opt) = opt {
-        out.extend_from_slice(&opt);
+    for i in 0..authorities {
+        out.extend_from_slice(s.authority.record(i));
+    }
+    for i in 0..additional {
+        out.extend_from_slice(s.additional.record(i));
+    }
+    if let Some(e) = q.edns {
+        write_opt(&s.opt, e.dnssec_ok, out);
     }
     truncated
 }
@@ -513,13 +567,14 @@ mod tests {
         let big = vec![0u8; 200];
         let answer: Vec<&[u8]> = vec![&big];
         let additional: Vec<&[u8]> = vec![&big, &big];
+        let none: Vec<&[u8]> = Vec::new();
         let s = Sections {
             rcode: 0,
             authoritative: true,
             recursion_available: false,
-            answer: &answer,
-            authority: &[],
-            additional: &additional,
+            answer: &answer.as_slice(),
+            authority: &none.as_slice(),
+            additional: &additional.as_slice(),
             opt: OptOut::default(),
         };
         let mut out = Vec::new();
