@@ -17,6 +17,8 @@ struct Acked {
     registered: BTreeMap<String, BTreeSet<String>>,
     /// instance ids whose DeregisterInstance was acknowledged
     deregistered: BTreeMap<String, BTreeSet<String>>,
+    /// instance ids whose DeregisterInstance was sent but not acknowledged: either outcome is right
+    deregistering: BTreeMap<String, BTreeSet<String>>,
     /// every instance id a RegisterInstance was sent for, acknowledged or not
     attempted: BTreeMap<String, BTreeSet<String>>,
     /// service id -> highest revision read after an acknowledged write
@@ -47,10 +49,12 @@ async fn instance_writer(c: sd::Client, svc: String, name: String, acked: Arc<Mu
         }
         if n % 3 == 2 {
             let old = format!("i-{}", n - 2);
+            acked.lock().unwrap().deregistering.entry(svc.clone()).or_default().insert(old.clone());
             if c.deregister_instance().service_id(&svc).instance_id(&old).send().await.is_err() {
                 return;
             }
             let mut a = acked.lock().unwrap();
+            a.deregistering.entry(svc.clone()).or_default().remove(&old);
             a.registered.entry(svc.clone()).or_default().remove(&old);
             a.deregistered.entry(svc.clone()).or_default().insert(old);
         }
@@ -142,7 +146,8 @@ async fn acknowledged_writes_survive_kill_9() {
             })
             .collect();
         let registered = acked.registered.get(svc).cloned().unwrap_or_default();
-        let missing: Vec<_> = registered.difference(&listed).collect();
+        let in_flight = acked.deregistering.get(svc).cloned().unwrap_or_default();
+        let missing: Vec<_> = registered.difference(&listed).filter(|i| !in_flight.contains(*i)).collect();
         assert!(missing.is_empty(), "{name}: acknowledged registrations lost: {missing:?}");
         let resurrected: Vec<_> =
             acked.deregistered.get(svc).into_iter().flatten().filter(|i| listed.contains(*i)).collect();
