@@ -147,6 +147,9 @@ struct SlotState {
     /// Wall-clock time of the last successful contact about this service.
     confirmed: Option<SystemTime>,
     discovered_at: Option<Instant>,
+    /// When the backend last answered about this service, or failed to: waiters that queued before
+    /// then take that answer instead of asking again.
+    attempted_at: Option<Instant>,
     stale: bool,
 }
 
@@ -169,6 +172,14 @@ impl ServiceSlot {
             refreshing: AtomicBool::new(false),
             wanted: Outdated::default(),
         }
+    }
+
+    fn attempted_since(&self, t: Instant) -> bool {
+        self.read().attempted_at.is_some_and(|a| a >= t)
+    }
+
+    fn attempted(&self) {
+        self.write().attempted_at = Some(Instant::now());
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, SlotState> {
@@ -593,7 +604,9 @@ impl Cache {
     }
 
     async fn fetch_now(&self, ns: &NamespaceState, slot: &ServiceSlot) -> Result<(), BackendError> {
-        match self.backend.discover(&ns.ns, &slot.name).await {
+        let result = self.backend.discover(&ns.ns, &slot.name).await;
+        slot.attempted();
+        match result {
             Ok(d) => {
                 let grpc = d.grpc_config.clone();
                 if slot.store(d, grpc) {
@@ -614,8 +627,12 @@ impl Cache {
     }
 
     /// Re-validates a service: a revision check, and a fetch when it moved or health is due.
-    async fn revalidate(&self, ns: &NamespaceState, slot: &ServiceSlot) {
+    /// Skipped when the backend was asked about it after `since` (by a concurrent caller).
+    async fn revalidate(&self, ns: &NamespaceState, slot: &ServiceSlot, since: Instant) {
         let _guard = slot.load.lock().await;
+        if slot.attempted_since(since) {
+            return;
+        }
         let (revision, health_due) = {
             let st = slot.read();
             let due = st.discovered_at.is_none_or(|t| t.elapsed() >= self.settings.health_refresh);
@@ -625,7 +642,9 @@ impl Cache {
             let _ = self.fetch_locked(ns, slot).await;
             return;
         };
-        match self.backend.revision(&ns.ns, &slot.name).await {
+        let result = self.backend.revision(&ns.ns, &slot.name).await;
+        slot.attempted();
+        match result {
             // Equality only: some servers' revisions go down or repeat.
             Ok(r) if r == revision => slot.confirm(),
             Ok(_) => {
@@ -656,17 +675,15 @@ impl Cache {
             self.fetch(ns, &slot).await;
             return slot.lookup().unwrap_or(Lookup::Outage);
         }
-        // aws, and nobody keeps this service fresh: re-validate before answering.
+        // aws, and nobody keeps this service fresh: re-validate before answering. Concurrent
+        // queries share one call: whoever waited while it was made takes its answer.
+        let since = Instant::now();
         let has_data = slot.read().view.is_some();
         if has_data {
-            self.revalidate(ns, &slot).await;
+            self.revalidate(ns, &slot, since).await;
         } else {
             let _guard = slot.load.lock().await;
-            let loaded = {
-                let st = slot.read();
-                st.view.is_some() || st.not_found
-            };
-            if !loaded || !slot.refreshing.load(Ordering::Acquire) {
+            if !slot.attempted_since(since) {
                 let _ = self.fetch_locked(ns, &slot).await;
             }
         }
@@ -691,7 +708,7 @@ impl Cache {
                 tracing::debug!(service = %slot.name, "idle: no longer refreshed");
                 return;
             }
-            self.revalidate(&ns, &slot).await;
+            self.revalidate(&ns, &slot, Instant::now()).await;
         }
     }
 

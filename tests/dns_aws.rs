@@ -292,3 +292,28 @@ async fn a_short_budget_stretches_the_refresh_interval() {
     let revisions = proxy.count("DiscoverInstancesRevision", "", start);
     assert!(revisions <= 8, "about one per service per second, not five: {revisions}");
 }
+
+#[tokio::test]
+async fn concurrent_queries_after_idle_share_one_revalidation() {
+    let (registry, _c, _svc) = registry().await;
+    let proxy = Proxy::start(registry.api);
+    let tmp = tempfile::tempdir().unwrap();
+    let server = Arc::new(dns_server(tmp.path(), &proxy, "idle_timeout_ms = 300").unwrap());
+    assert_eq!(ips(&server, "web.lab.example").len(), 2);
+    tokio::time::sleep(Duration::from_millis(1200)).await; // idle: no longer refreshed
+    proxy.set(Mode::Forward { latency: Duration::from_millis(300) });
+    let start = Instant::now();
+    let threads: Vec<_> = (0..100)
+        .map(|_| {
+            let server = server.clone();
+            std::thread::spawn(move || dns::a(&ask(&server, "web.lab.example")).len())
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 2);
+    }
+    let calls = proxy.count("DiscoverInstancesRevision", "\"web\"", start)
+        + proxy.count("DiscoverInstances", "\"web\"", start);
+    // One re-validation for all of them (the refresher may add one more during the run).
+    assert!(calls <= 2, "{calls} calls for 100 concurrent queries");
+}
