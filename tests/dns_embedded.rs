@@ -500,3 +500,18 @@ fn wildcard_listeners_reply_from_the_address_queried() {
         assert_eq!(dns::a(&dns::parse(&buf[..n])).len(), 2);
     }
 }
+
+#[tokio::test]
+async fn answers_stay_correct_through_a_flood_of_new_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("small.toml");
+    std::fs::write(&config, "[dns]\nmax_cached_answers = 50\n").unwrap();
+    let server = Server::start(&["--demo", "--config", config.to_str().unwrap()]);
+    for i in 0..500 {
+        assert_eq!(rcode(&ask(&server, &format!("flood-{i}.demo"), A)), ResponseCode::NXDomain);
+    }
+    // Hot names keep answering correctly once the cache has been swept.
+    for _ in 0..20 {
+        assert_eq!(dns::srv(&ask(&server, "orders.demo", SRV)).len(), 2);
+    }
+}

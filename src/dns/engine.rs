@@ -206,7 +206,16 @@ impl Engine {
         };
         answer.deps = deps;
         let answer = Arc::new(answer);
-        if answer.cacheable && !case_sensitive && self.answers.len() < self.settings.max_cached_answers {
+        if answer.cacheable && !case_sensitive {
+            if self.answers.len() >= self.settings.max_cached_answers {
+                // Full: drop what is outdated; if that frees too little (a flood of new names),
+                // start over. Answers are rebuilt from the namespace cache without backend calls,
+                // and this happens at most once per `max_cached_answers` insertions.
+                self.answers.retain(|_, a| a.is_current());
+                if self.answers.len() >= self.settings.max_cached_answers * 9 / 10 {
+                    self.answers.clear();
+                }
+            }
             let mut key = [0u8; 260];
             let n = key_into(q, &mut key);
             self.answers.insert(Box::from(&key[..n]), answer.clone());
