@@ -71,11 +71,7 @@ async fn main() {
     let clients = env_or("BENCH_CLIENTS", 4);
     let server = common::Server::start(&[]);
     let c = server.client();
-    let op = c.create_http_namespace().name("bench").send().await.unwrap();
-    let op = c.get_operation().operation_id(op.operation_id().unwrap()).send().await.unwrap();
-    let ns = op.operation().unwrap().targets().unwrap()
-        [&aws_sdk_servicediscovery::types::OperationTargetType::Namespace]
-        .clone();
+    let ns = common::http_namespace(&c, "bench").await;
     for s in 0..100 {
         let svc = c.create_service().name(format!("svc{s}")).namespace_id(&ns).send().await.unwrap();
         let svc = svc.service().unwrap().id().unwrap().to_string();

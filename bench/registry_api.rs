@@ -12,8 +12,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aws_sdk_servicediscovery as sd;
-
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -80,9 +78,7 @@ async fn main() {
     let concurrency = env_or("BENCH_CONCURRENCY", 8);
     let server = common::Server::start(&[]);
     let c = server.client();
-    let op = c.create_http_namespace().name("bench").send().await.unwrap();
-    let op = c.get_operation().operation_id(op.operation_id().unwrap()).send().await.unwrap();
-    let ns = op.operation().unwrap().targets().unwrap()[&sd::types::OperationTargetType::Namespace].clone();
+    let ns = common::http_namespace(&c, "bench").await;
     let svc = c.create_service().name("svc").namespace_id(&ns).send().await.unwrap();
     let svc = svc.service().unwrap().id().unwrap().to_string();
     for i in 0..100 {

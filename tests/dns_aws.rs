@@ -19,9 +19,7 @@ use hickory_proto::op::ResponseCode;
 async fn registry() -> (Server, sd::Client, String) {
     let registry = Server::start(&[]);
     let c = registry.client();
-    let op = c.create_http_namespace().name("lab").send().await.unwrap();
-    let op = c.get_operation().operation_id(op.operation_id().unwrap()).send().await.unwrap();
-    let ns = op.operation().unwrap().targets().unwrap()[&sd::types::OperationTargetType::Namespace].clone();
+    let ns = common::http_namespace(&c, "lab").await;
     let svc = c
         .create_service()
         .name("web")

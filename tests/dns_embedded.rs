@@ -13,12 +13,6 @@ use common::dns::{self, *};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
-async fn namespace(c: &sd::Client, name: &str) -> String {
-    let op = c.create_http_namespace().name(name).send().await.unwrap();
-    let op = c.get_operation().operation_id(op.operation_id().unwrap()).send().await.unwrap();
-    op.operation().unwrap().targets().unwrap()[&sd::types::OperationTargetType::Namespace].clone()
-}
-
 async fn service(c: &sd::Client, ns: &str, name: &str, custom_health: bool) -> String {
     let mut req = c.create_service().name(name).namespace_id(ns);
     if custom_health {
@@ -101,7 +95,7 @@ async fn demo_answers_srv_a_and_per_instance_names() {
 async fn negative_answers_carry_the_soa_and_empty_non_terminals_are_nodata() {
     let server = Server::start(&["--demo"]);
     let c = server.client();
-    let ns = namespace(&c, "corp.example").await;
+    let ns = common::http_namespace(&c, "corp.example").await;
     let svc = service(&c, &ns, "a.b", false).await;
     register(&c, &svc, "x", &[("AWS_INSTANCE_IPV4", "10.9.0.1"), ("version", "v1")]).await;
 
@@ -146,7 +140,7 @@ async fn negative_answers_carry_the_soa_and_empty_non_terminals_are_nodata() {
 async fn addresses_cnames_and_ports() {
     let server = Server::start(&[]);
     let c = server.client();
-    let ns = namespace(&c, "mix.test").await;
+    let ns = common::http_namespace(&c, "mix.test").await;
     let v6 = service(&c, &ns, "v6", false).await;
     register(&c, &v6, "six", &[("AWS_INSTANCE_IPV6", "2001:db8::6"), ("AWS_INSTANCE_PORT", "443")]).await;
     let cn = service(&c, &ns, "ext", false).await;
@@ -212,7 +206,7 @@ fn common_label(s: &str) -> String {
 async fn filters_health_and_case() {
     let server = Server::start(&[]);
     let c = server.client();
-    let ns = namespace(&c, "lab").await;
+    let ns = common::http_namespace(&c, "lab").await;
     let svc = service(&c, &ns, "web", true).await;
     for (id, ip, ver, az) in [
         ("w1", "10.0.0.1", "v1", "use1-az1"),
@@ -278,7 +272,7 @@ health = "ALL"
     .unwrap();
     let server = Server::start(&["--config", config.to_str().unwrap()]);
     let c = server.client();
-    let ns = namespace(&c, "hm").await;
+    let ns = common::http_namespace(&c, "hm").await;
     let svc = service(&c, &ns, "s", true).await;
     register(&c, &svc, "i1", &[("AWS_INSTANCE_IPV4", "10.1.1.1")]).await;
     health(&c, &svc, "i1", false).await;
@@ -293,7 +287,7 @@ health = "ALL"
 async fn large_services_over_udp_and_tcp() {
     let server = Server::start(&[]);
     let c = server.client();
-    let ns = namespace(&c, "big").await;
+    let ns = common::http_namespace(&c, "big").await;
     let svc = service(&c, &ns, "fleet", false).await;
     for i in 0..100 {
         register(
@@ -417,7 +411,7 @@ async fn tcp_pipelining_and_idle_timeout() {
 async fn grpc_config_txt() {
     let server = Server::start(&[]);
     let c = server.client();
-    let ns = namespace(&c, "grpc").await;
+    let ns = common::http_namespace(&c, "grpc").await;
     let svc = service(&c, &ns, "api", false).await;
     let m = ask(&server, "_grpc_config.api.grpc", TXT);
     assert_eq!((rcode(&m), m.answers.len()), (ResponseCode::NoError, 0), "none: NODATA, never SERVFAIL");
@@ -438,7 +432,7 @@ async fn grpc_config_txt() {
 async fn changes_show_within_milliseconds() {
     let server = Server::start(&[]);
     let c = server.client();
-    let ns = namespace(&c, "fresh").await;
+    let ns = common::http_namespace(&c, "fresh").await;
     let svc = service(&c, &ns, "web", true).await;
     register(&c, &svc, "a", &[("AWS_INSTANCE_IPV4", "10.7.0.1")]).await;
     let count = || dns::a(&ask(&server, "web.fresh", A)).len();
@@ -461,7 +455,7 @@ async fn changes_show_within_milliseconds() {
     assert!(took.iter().all(|t| *t < Duration::from_millis(500)), "{took:?}");
 
     // New namespaces become zones; deleted services stop answering.
-    let ns2 = namespace(&c, "later.test").await;
+    let ns2 = common::http_namespace(&c, "later.test").await;
     let s2 = service(&c, &ns2, "x", false).await;
     register(&c, &s2, "x1", &[("AWS_INSTANCE_IPV4", "10.8.0.1")]).await;
     common::until(Duration::from_secs(2), || dns::a(&ask(&server, "x.later.test", A)).len() == 1).await;

@@ -15,11 +15,7 @@ use sd::types::{
     ServiceFilterName, Soa, Tag,
 };
 
-async fn http_namespace(c: &sd::Client, name: &str) -> String {
-    let op = c.create_http_namespace().name(name).send().await.unwrap();
-    let op = c.get_operation().operation_id(op.operation_id().unwrap()).send().await.unwrap();
-    op.operation().unwrap().targets().unwrap()[&sd::types::OperationTargetType::Namespace].clone()
-}
+use common::{http_namespace, namespace_of};
 
 #[allow(deprecated)] // FailureThreshold is deprecated, but the aws CLI walkthrough still sends it.
 async fn custom_health_service(c: &sd::Client, ns: &str, name: &str) -> String {
@@ -130,10 +126,7 @@ async fn namespaces_lifecycle_and_operations() {
         .send()
         .await
         .unwrap();
-    let private_op = c.get_operation().operation_id(private.operation_id().unwrap()).send().await.unwrap();
-    let private_id = private_op.operation().unwrap().targets().unwrap()
-        [&sd::types::OperationTargetType::Namespace]
-        .clone();
+    let private_id = namespace_of(&c, private.operation_id()).await;
     let p = c.get_namespace().id(&private_id).send().await.unwrap();
     let dns = p.namespace().unwrap().properties().unwrap().dns_properties().unwrap();
     assert!(dns.hosted_zone_id().unwrap().starts_with('Z'));
@@ -246,8 +239,7 @@ async fn services_lifecycle_and_errors() {
     let server = Server::start(&[]);
     let c = server.client();
     let private = c.create_private_dns_namespace().name("svc.internal").vpc("vpc-1").send().await.unwrap();
-    let op = c.get_operation().operation_id(private.operation_id().unwrap()).send().await.unwrap();
-    let ns = op.operation().unwrap().targets().unwrap()[&sd::types::OperationTargetType::Namespace].clone();
+    let ns = namespace_of(&c, private.operation_id()).await;
 
     let dns = |ttl: i64| {
         DnsConfig::builder()
@@ -625,8 +617,7 @@ async fn register_instance_validation() {
     let server = Server::start(&[]);
     let c = server.client();
     let op = c.create_private_dns_namespace().name("v.internal").vpc("vpc-1").send().await.unwrap();
-    let op = c.get_operation().operation_id(op.operation_id().unwrap()).send().await.unwrap();
-    let ns = op.operation().unwrap().targets().unwrap()[&sd::types::OperationTargetType::Namespace].clone();
+    let ns = namespace_of(&c, op.operation_id()).await;
     let dns = DnsConfig::builder()
         .dns_records(DnsRecord::builder().r#type(RecordType::A).ttl(5).build().unwrap())
         .dns_records(DnsRecord::builder().r#type(RecordType::Srv).ttl(5).build().unwrap())

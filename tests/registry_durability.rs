@@ -91,9 +91,7 @@ async fn acknowledged_writes_survive_kill_9() {
     let dir = tmp.path().join("data");
     let mut server = Server::start_in(&dir, &[]).unwrap();
     let c = server.client();
-    let op = c.create_http_namespace().name("durable").send().await.unwrap();
-    let op = c.get_operation().operation_id(op.operation_id().unwrap()).send().await.unwrap();
-    let ns = op.operation().unwrap().targets().unwrap()[&sd::types::OperationTargetType::Namespace].clone();
+    let ns = common::http_namespace(&c, "durable").await;
     let mut services = Vec::new();
     for i in 0..4 {
         let name = format!("w{i}");

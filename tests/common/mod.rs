@@ -162,3 +162,15 @@ pub async fn until(limit: Duration, mut f: impl FnMut() -> bool) -> Duration {
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
+
+/// The namespace id an operation (CreateHttpNamespace and the like) targeted.
+pub async fn namespace_of(c: &sd::Client, operation_id: Option<&str>) -> String {
+    let op = c.get_operation().operation_id(operation_id.expect("an OperationId")).send().await.unwrap();
+    op.operation().unwrap().targets().unwrap()[&sd::types::OperationTargetType::Namespace].clone()
+}
+
+/// Creates an HTTP namespace and returns its id.
+pub async fn http_namespace(c: &sd::Client, name: &str) -> String {
+    let op = c.create_http_namespace().name(name).send().await.unwrap();
+    namespace_of(c, op.operation_id()).await
+}
