@@ -84,8 +84,13 @@ fn operation_name(headers: &HeaderMap) -> Option<String> {
 
 async fn read_body(body: Body) -> Result<Bytes, RegistryError> {
     axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"))
-            || e.to_string().contains("length limit");
+        // The limit's own error type, wherever in the source chain axum put it.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut too_large = false;
+        while let Some(s) = source {
+            too_large |= s.is::<http_body_util::LengthLimitError>();
+            source = s.source();
+        }
         if too_large {
             RegistryError::invalid(format!("the request body exceeds {MAX_BODY_BYTES} bytes"))
         } else {
