@@ -9,14 +9,17 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::net::TcpListener;
 
+use crate::acl::Acl;
 use crate::backend::aws::{Aws, AwsSettings};
 use crate::backend::embedded::Embedded;
 use crate::backend::{Backend, NamespaceRef};
 use crate::cache::{Cache, CacheSettings, ZoneSource};
 use crate::config::{BackendKind, Config};
 use crate::dns::engine::{Engine, EngineSettings};
+use crate::dns::ratelimit::RateLimiter;
 use crate::dns::server::{self, Listeners, ServerSettings};
 use crate::dns::wire;
+use crate::forward::Forwarder;
 use crate::registry::{self, Registry};
 use crate::zone::Zone;
 
@@ -49,6 +52,7 @@ fn zone_source(config: &Config) -> ZoneSource {
             zone.ttl = z.ttl.unwrap_or(d.ttl);
             zone.max_answers = z.max_answers.unwrap_or(d.max_answers);
             zone.grpc_config = z.grpc_config.clone();
+            zone.fallthrough = z.fallthrough;
             zone
         })
         .collect::<Vec<_>>();
@@ -103,11 +107,20 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
         },
         zone_source(&config),
     );
+    let forwarder = (!config.forward.upstreams.is_empty()).then(|| {
+        let upstreams: Vec<SocketAddr> = config.forward.upstreams.iter().map(|u| u.0).collect();
+        let fallthrough: Vec<Vec<u8>> =
+            zone_source(&config).explicit.iter().filter(|z| z.fallthrough).map(|z| z.wire.clone()).collect();
+        Arc::new(Forwarder::new(&upstreams, &fallthrough, config.forward_settings()))
+    });
     let engine = Arc::new(Engine::new(
         cache.clone(),
+        forwarder.clone(),
         EngineSettings {
             server_name: wire::encode_name(&config.dns.server_name).unwrap_or_else(|| vec![0]),
             max_cached_answers: config.dns.max_cached_answers,
+            allow_query: Acl::new(&config.dns.allow_query),
+            allow_recursion: Acl::new(&config.forward.allow_recursion),
         },
     ));
     let listeners = Listeners::bind(&config.dns.listen)
@@ -127,7 +140,14 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
             tcp_idle_timeout: Duration::from_millis(config.dns.tcp_idle_timeout_ms),
             tcp_max_connections: config.dns.tcp_max_connections,
         },
+        RateLimiter::new(config.rate_limit_settings()).map(Arc::new),
     );
+    if let Some(f) = forwarder {
+        for u in &config.forward.upstreams {
+            tracing::info!(upstream = %u, "forwarding other names to {u}");
+        }
+        tokio::spawn(f.maintain());
+    }
     print_banner(&config, &dns_addrs, registry_api.as_ref().map(|(_, _, a)| *a), options.demo);
     let shutdown = shutdown_signal();
     match registry_api {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{BackendKind, Config, ConfigError, LogFormat, ZoneConfig};
+use crate::config::{BackendKind, Config, ConfigError, LogFormat, UpstreamAddr, ZoneConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -52,6 +52,9 @@ pub struct ServeArgs {
     /// Serve the namespace with this HttpName as this DNS zone (repeatable)
     #[arg(long, value_name = "ZONE=NAMESPACE[@ACCOUNT]", value_parser = ZoneConfig::parse_flag)]
     pub zone: Vec<ZoneConfig>,
+    /// Forward other names to this resolver (repeatable, in failover order) [default: none, REFUSED]
+    #[arg(long, value_name = "ADDR[:PORT]")]
+    pub upstream: Vec<UpstreamAddr>,
     /// TTL of namespace-zone answers [default: 5]
     #[arg(long, value_name = "SECONDS")]
     pub ttl: Option<u32>,
@@ -111,6 +114,9 @@ impl ServeArgs {
         }
         if !self.zone.is_empty() {
             config.dns.zones = self.zone.clone();
+        }
+        if !self.upstream.is_empty() {
+            config.forward.upstreams = self.upstream.clone();
         }
         if let Some(v) = self.ttl {
             config.dns.ttl = v;

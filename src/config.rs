@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use crate::registry::{Identity, Quotas, RegistrySettings};
@@ -22,6 +23,7 @@ pub struct Config {
     pub dns: DnsConfig,
     pub backend: BackendConfig,
     pub registry: RegistryConfig,
+    pub forward: ForwardConfig,
     pub log: LogConfig,
 }
 
@@ -33,6 +35,7 @@ impl Default for Config {
             dns: DnsConfig::default(),
             backend: BackendConfig::default(),
             registry: RegistryConfig::default(),
+            forward: ForwardConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -55,6 +58,9 @@ pub struct DnsConfig {
     pub tcp_max_connections: usize,
     /// Bound on the pre-encoded answer cache (entries).
     pub max_cached_answers: usize,
+    /// Clients allowed to query the namespace zones (networks); others get REFUSED.
+    pub allow_query: Vec<IpNet>,
+    pub rate_limit: RateLimitConfig,
     /// Namespace zones. With the embedded backend and none configured, every namespace whose name
     /// is a DNS name is a zone of that name.
     pub zones: Vec<ZoneConfig>,
@@ -71,7 +77,141 @@ impl Default for DnsConfig {
             tcp_idle_timeout_ms: 10_000,
             tcp_max_connections: 1024,
             max_cached_answers: 100_000,
+            allow_query: crate::acl::loopback(),
+            rate_limit: RateLimitConfig::default(),
             zones: Vec::new(),
+        }
+    }
+}
+
+/// Per-client response rate limiting (UDP), off by default.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Responses per second per client network; 0 = off.
+    pub responses_per_second: u32,
+    /// Every this many responses over the limit, one is sent truncated instead of dropped; 0 = none.
+    pub slip: u32,
+    pub ipv4_prefix_len: u8,
+    pub ipv6_prefix_len: u8,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig { responses_per_second: 0, slip: 2, ipv4_prefix_len: 24, ipv6_prefix_len: 56 }
+    }
+}
+
+/// An upstream resolver: `ADDR` or `ADDR:PORT` (IPv6 as `[ADDR]:PORT`), port 53 by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamAddr(pub SocketAddr);
+
+impl std::str::FromStr for UpstreamAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(UpstreamAddr(addr));
+        }
+        match s.parse::<std::net::IpAddr>() {
+            Ok(ip) => Ok(UpstreamAddr(SocketAddr::new(ip, 53))),
+            Err(_) => Err(format!("'{s}' is not ADDR or ADDR:PORT (IPv6 as [ADDR]:PORT)")),
+        }
+    }
+}
+
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl Serialize for UpstreamAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for UpstreamAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardConfig {
+    /// Where names outside the namespace zones go, in failover order. None: they get REFUSED.
+    pub upstreams: Vec<UpstreamAddr>,
+    /// Clients allowed to use the forwarder (networks); others get REFUSED.
+    pub allow_recursion: Vec<IpNet>,
+    /// How long one try waits for an upstream's reply.
+    pub timeout_ms: u64,
+    /// Tries per query, each to the next upstream in order.
+    pub attempts: usize,
+    /// Consecutive failures after which an upstream is skipped...
+    pub down_after_failures: u32,
+    /// ...for this long at first, doubling while it keeps failing, up to the max.
+    pub down_for_ms: u64,
+    pub down_for_max_ms: u64,
+    /// How often the forwarder checks that its queries do not come back to it.
+    pub loop_check_interval_s: u64,
+    pub cache: ForwardCacheConfig,
+}
+
+impl Default for ForwardConfig {
+    fn default() -> Self {
+        ForwardConfig {
+            upstreams: Vec::new(),
+            allow_recursion: crate::acl::loopback(),
+            timeout_ms: 1000,
+            attempts: 3,
+            down_after_failures: 3,
+            down_for_ms: 1000,
+            down_for_max_ms: 30_000,
+            loop_check_interval_s: 60,
+            cache: ForwardCacheConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ForwardCacheConfig {
+    pub max_entries: usize,
+    pub max_bytes: usize,
+    /// Clamps on the TTLs of what upstreams send.
+    pub min_ttl_s: u32,
+    pub max_ttl_s: u32,
+    /// Clamp on how long a negative answer is cached (RFC 2308: min(SOA TTL, SOA MINIMUM)).
+    pub max_negative_ttl_s: u32,
+    /// How long a SERVFAIL (every upstream failed) is cached; 0 = not at all.
+    pub servfail_ttl_s: u32,
+    /// Refresh popular entries in the background before they expire.
+    pub prefetch: bool,
+    /// How long past expiry an entry may be served when every upstream fails (RFC 8767); 0 = never.
+    pub serve_stale_s: u64,
+    /// TTL of stale records, and how long after a failed refresh they are served before
+    /// upstreams are tried again (RFC 8767: 30).
+    pub stale_ttl_s: u32,
+    /// With stale data at hand, how long a client waits for upstreams before getting it
+    /// (RFC 8767: 1800).
+    pub stale_answer_timeout_ms: u64,
+}
+
+impl Default for ForwardCacheConfig {
+    fn default() -> Self {
+        ForwardCacheConfig {
+            max_entries: 100_000,
+            max_bytes: 64 << 20,
+            min_ttl_s: 0,
+            max_ttl_s: 86_400,
+            max_negative_ttl_s: 3600,
+            servfail_ttl_s: 5,
+            prefetch: true,
+            serve_stale_s: 86_400,
+            stale_ttl_s: 30,
+            stale_answer_timeout_ms: 1800,
         }
     }
 }
@@ -95,6 +235,9 @@ pub struct ZoneConfig {
     /// gRPC service config for services whose `grpc_config` attribute is unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_config: Option<String>,
+    /// Forward names the namespace does not know to the upstreams, instead of NXDOMAIN.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fallthrough: bool,
 }
 
 impl ZoneConfig {
@@ -365,6 +508,64 @@ impl Config {
                 bad(key, "must be at least 1".into());
             }
         }
+        let f = &self.forward;
+        for (i, u) in f.upstreams.iter().enumerate() {
+            if self.dns.listen.iter().any(|l| {
+                l == &u.0 || (l.port() == u.0.port() && l.ip().is_unspecified() && u.0.ip().is_loopback())
+            }) {
+                bad(
+                    &format!("forward.upstreams[{i}]"),
+                    format!("{u} is this server's own listener: every forwarded query would loop"),
+                );
+            }
+            if u.0.port() == 0 || u.0.ip().is_unspecified() {
+                bad(
+                    &format!("forward.upstreams[{i}]"),
+                    format!("{u} is not an address a query can be sent to"),
+                );
+            }
+        }
+        for (key, value) in [
+            ("forward.timeout_ms", f.timeout_ms),
+            ("forward.attempts", f.attempts as u64),
+            ("forward.down_after_failures", f.down_after_failures as u64),
+            ("forward.down_for_ms", f.down_for_ms),
+            ("forward.loop_check_interval_s", f.loop_check_interval_s),
+            ("forward.cache.max_entries", f.cache.max_entries as u64),
+        ] {
+            if value == 0 {
+                bad(key, "must be at least 1".into());
+            }
+        }
+        if f.down_for_max_ms < f.down_for_ms {
+            bad(
+                "forward.down_for_max_ms",
+                format!("must be at least forward.down_for_ms ({})", f.down_for_ms),
+            );
+        }
+        if f.cache.max_bytes < 1 << 16 {
+            bad("forward.cache.max_bytes", "must be at least 65536".into());
+        }
+        if f.cache.min_ttl_s > f.cache.max_ttl_s {
+            bad(
+                "forward.cache.min_ttl_s",
+                format!("must be at most forward.cache.max_ttl_s ({})", f.cache.max_ttl_s),
+            );
+        }
+        if f.cache.stale_ttl_s == 0 {
+            bad("forward.cache.stale_ttl_s", "must be at least 1 (RFC 8767 suggests 30)".into());
+        }
+        let r = &self.dns.rate_limit;
+        if r.ipv4_prefix_len > 32 {
+            bad("dns.rate_limit.ipv4_prefix_len", "must be at most 32".into());
+        }
+        if r.ipv6_prefix_len > 128 {
+            bad("dns.rate_limit.ipv6_prefix_len", "must be at most 128".into());
+        }
+        if self.dns.zones.iter().any(|z| z.fallthrough) && f.upstreams.is_empty() {
+            let i = self.dns.zones.iter().position(|z| z.fallthrough).unwrap_or(0);
+            bad(&format!("dns.zones[{i}].fallthrough"), "needs forward.upstreams to forward to".into());
+        }
         if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
             bad("log.level", format!("'{}' is not a log level or filter", self.log.level));
         }
@@ -374,6 +575,40 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let problems = self.problems();
         if problems.is_empty() { Ok(()) } else { Err(ConfigError::Invalid(problems)) }
+    }
+
+    pub fn forward_settings(&self) -> crate::forward::ForwardSettings {
+        let f = &self.forward;
+        crate::forward::ForwardSettings {
+            upstream: crate::forward::upstream::UpstreamSettings {
+                timeout: Duration::from_millis(f.timeout_ms),
+                attempts: f.attempts,
+                down_after: f.down_after_failures,
+                down_for: Duration::from_millis(f.down_for_ms),
+                down_for_max: Duration::from_millis(f.down_for_max_ms),
+                min_ttl: f.cache.min_ttl_s,
+                max_ttl: f.cache.max_ttl_s,
+            },
+            max_entries: f.cache.max_entries,
+            max_bytes: f.cache.max_bytes,
+            max_negative_ttl: f.cache.max_negative_ttl_s,
+            servfail_ttl: f.cache.servfail_ttl_s,
+            prefetch: f.cache.prefetch,
+            serve_stale: Duration::from_secs(f.cache.serve_stale_s),
+            stale_ttl: f.cache.stale_ttl_s,
+            stale_answer_timeout: Duration::from_millis(f.cache.stale_answer_timeout_ms),
+            loop_check_interval: Duration::from_secs(f.loop_check_interval_s),
+        }
+    }
+
+    pub fn rate_limit_settings(&self) -> crate::dns::ratelimit::RateLimitSettings {
+        let r = &self.dns.rate_limit;
+        crate::dns::ratelimit::RateLimitSettings {
+            responses_per_second: r.responses_per_second,
+            slip: r.slip,
+            ipv4_prefix_len: r.ipv4_prefix_len,
+            ipv6_prefix_len: r.ipv6_prefix_len,
+        }
     }
 
     pub fn registry_settings(&self) -> RegistrySettings {

@@ -7,10 +7,17 @@
 //! - [`registry`]: the embedded Cloud Map-compatible registry: its JSON 1.1 API (`registry::api`),
 //!   its durable SQLite store, validation as AWS documents it, and the in-process discovery calls
 //!   the DNS side reads from.
+//! - [`backend`] and [`cache`]: where instances come from (AWS Cloud Map or the embedded registry)
+//!   and the cache that keeps them fresh and serves the last known good data.
+//! - [`zone`]: namespace zones, how a name below one is read, and the answers built for it.
+//! - [`dns`]: the wire format, the listeners, and the engine that routes each query to a
+//!   namespace zone or to [`forward`], the caching forwarder for every other name.
+//! - [`acl`]: who may query the zones and who may use the forwarder.
 //! - [`demo`]: the `--demo` seed data.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod acl;
 pub mod app;
 pub mod backend;
 pub mod cache;
@@ -18,5 +25,6 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod dns;
+pub mod forward;
 pub mod registry;
 pub mod zone;

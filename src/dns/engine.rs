@@ -1,20 +1,26 @@
-//! Query handling: parse, route by zone, answer from the answer cache or build the answer from the
-//! namespace cache, encode.
+//! Query handling: parse, check who is asking, route by zone, answer from the answer cache or
+//! build the answer from the namespace cache (namespace zones), or hand the query to the
+//! forwarder (every other name, and unknown names of zones with `fallthrough`), encode.
 //!
 //! `answer_cached` is the hot path, run inline on the socket's task: it parses the header and
-//! question, probes the answer cache with the lower-cased name, type and class, and copies the
-//! pre-encoded answer out with the query's ID and question. Everything else (`answer`) runs on
-//! its own task, may wait for the backend, and stores what it built for the next query.
+//! question, probes the answer cache with the lower-cased name, type and class (then the
+//! forward cache), and copies the pre-encoded answer out with the query's ID and question.
+//! Everything else (`answer`) runs on its own task, may wait for the backend or an upstream, and
+//! stores what it built for the next query.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
 use super::answer::Answer;
 use super::wire::{self, *};
+use crate::acl::Acl;
 use crate::cache::{Cache, Lookup, now_ms};
+use crate::forward::{self, Forwarder};
+use crate::zone::Zone;
 use crate::zone::answer::{self as build, BuildCtx, Parsed, Status};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +43,24 @@ pub struct EngineSettings {
     pub server_name: Vec<u8>,
     /// How many answers the answer cache holds at most.
     pub max_cached_answers: usize,
+    /// Who may query the namespace zones.
+    pub allow_query: Acl,
+    /// Who may have other names forwarded.
+    pub allow_recursion: Acl,
+}
+
+/// What the namespace side makes of a name in one of its zones.
+enum ZoneOutcome {
+    Answer(Arc<Answer>),
+    /// The namespace does not know the name and the zone forwards such names; the answer must
+    /// stop holding when any of these generations moves (the namespace may learn the name).
+    Fallthrough(Vec<(Arc<AtomicU64>, u64)>),
 }
 
 pub struct Engine {
     cache: Arc<Cache>,
     answers: DashMap<Box<[u8]>, Arc<Answer>>,
+    forwarder: Option<Arc<Forwarder>>,
     settings: EngineSettings,
     /// SOA serial: the start time, so it moves when a restart may have changed anything.
     serial: u32,
@@ -63,16 +82,27 @@ fn limit(q: &Query, transport: Transport) -> usize {
 }
 
 impl Engine {
-    pub fn new(cache: Arc<Cache>, settings: EngineSettings) -> Engine {
-        Engine { cache, answers: DashMap::new(), settings, serial: (now_ms() / 1000) as u32 }
+    pub fn new(cache: Arc<Cache>, forwarder: Option<Arc<Forwarder>>, settings: EngineSettings) -> Engine {
+        Engine { cache, answers: DashMap::new(), forwarder, settings, serial: (now_ms() / 1000) as u32 }
+    }
+
+    pub fn forwarder(&self) -> Option<&Arc<Forwarder>> {
+        self.forwarder.as_ref()
     }
 
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
     }
 
-    /// The hot path: answers from the answer cache, or from the packet alone when it is an error.
-    pub fn answer_cached(&self, packet: &[u8], transport: Transport, out: &mut Vec<u8>) -> Fast {
+    /// The hot path: answers from the answer cache or the forward cache, or from the packet alone
+    /// when it is an error or the client may ask nothing.
+    pub fn answer_cached(
+        &self,
+        packet: &[u8],
+        transport: Transport,
+        client: IpAddr,
+        out: &mut Vec<u8>,
+    ) -> Fast {
         let q = match wire::parse_query(packet) {
             Ok(q) => q,
             Err(Reject::Drop) => return Fast::Dropped,
@@ -102,28 +132,95 @@ impl Engine {
             wire::write_response(&q, &s, limit(&q, transport), out);
             return Fast::Answered;
         }
+        let zones_allowed = self.settings.allow_query.allows(client);
+        let recursion_allowed = self.forwarder.is_some() && self.settings.allow_recursion.allows(client);
+        if !zones_allowed && !recursion_allowed {
+            Self::prohibited().write(&q, limit(&q, transport), 0, out);
+            return Fast::Answered;
+        }
         let mut key = [0u8; 260];
         let n = key_into(&q, &mut key);
-        match self.answers.get(&key[..n]) {
-            Some(a) if a.is_current() => {
+        if let Some(a) = self.answers.get(&key[..n])
+            && a.is_current()
+        {
+            if zones_allowed || a.rcode == RCODE_REFUSED {
                 a.write(&q, limit(&q, transport), now_ms(), out);
-                Fast::Answered
+                return Fast::Answered;
             }
-            _ => Fast::Miss,
+            return Fast::Miss;
         }
+        if let Some(f) = &self.forwarder
+            && recursion_allowed
+        {
+            let mut key = [0u8; 261];
+            let n = forward::key_into(&q, &mut key);
+            let zones_generation = self.cache.zones_generation.load(Ordering::Acquire);
+            if f.cached(&q, &key[..n], zones_generation, limit(&q, transport), out) {
+                return Fast::Answered;
+            }
+        }
+        Fast::Miss
     }
 
     /// The full path, for whatever `answer_cached` could not answer.
-    pub async fn answer(&self, packet: &[u8], transport: Transport) -> Option<Vec<u8>> {
+    pub async fn answer(&self, packet: &[u8], transport: Transport, client: IpAddr) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(512);
-        match self.answer_cached(packet, transport, &mut out) {
+        match self.answer_cached(packet, transport, client, &mut out) {
             Fast::Answered => return Some(out),
             Fast::Dropped => return None,
             Fast::Miss => {}
         }
         let q = wire::parse_query(packet).ok()?;
-        let answer = self.resolve(&q).await;
-        answer.write(&q, limit(&q, transport), now_ms(), &mut out);
+        let limit = limit(&q, transport);
+        let mut lower = [0u8; 255];
+        let n = wire::lower_name_into(q.qname, &mut lower);
+        let lower = &lower[..n];
+        let zones_generation = self.cache.zones_generation.load(Ordering::Acquire);
+        let zones = self.cache.zones().await;
+        let (target, deps) = match zones.find(lower) {
+            _ if q.qclass != CLASS_IN && q.qclass != CLASS_ANY => {
+                self.refused().write(&q, limit, 0, &mut out);
+                return Some(out);
+            }
+            Some((zone, offset)) => {
+                if !self.settings.allow_query.allows(client) {
+                    Self::prohibited().write(&q, limit, 0, &mut out);
+                    return Some(out);
+                }
+                let zone = zone.clone();
+                match self.resolve_zone(&q, lower, &zone, offset, zones_generation).await {
+                    ZoneOutcome::Answer(a) => {
+                        a.write(&q, limit, now_ms(), &mut out);
+                        return Some(out);
+                    }
+                    ZoneOutcome::Fallthrough(deps) => {
+                        (self.forwarder.as_ref().map(|f| f.target_of(Some(&zone.wire))), deps)
+                    }
+                }
+            }
+            None => {
+                if self.forwarder.is_some() && !self.settings.allow_recursion.allows(client) {
+                    Self::prohibited().write(&q, limit, 0, &mut out);
+                    return Some(out);
+                }
+                (self.forwarder.as_ref().map(|f| f.target_of(None)), Vec::new())
+            }
+        };
+        drop(zones);
+        match (&self.forwarder, target) {
+            (Some(f), Some(target)) => {
+                let mut key = [0u8; 261];
+                let n = forward::key_into(&q, &mut key);
+                f.answer(&q, &key[..n], target, zones_generation, deps, limit, &mut out).await;
+            }
+            _ => {
+                // No upstream: the same REFUSED for every outside name, cached like an answer.
+                let mut a = self.refused();
+                a.deps = vec![(self.cache.zones_generation.clone(), zones_generation)];
+                let a = self.store(&q, a, false);
+                a.write(&q, limit, now_ms(), &mut out);
+            }
+        }
         Some(out)
     }
 
@@ -131,6 +228,15 @@ impl Engine {
         let mut a = Answer::new(RCODE_REFUSED);
         a.authoritative = false;
         a.ede = Some((EDE_PROHIBITED, Cow::Borrowed("not a namespace zone, and no upstream is configured")));
+        a
+    }
+
+    /// For clients outside `allow_query` / `allow_recursion`.
+    fn prohibited() -> Answer {
+        let mut a = Answer::new(RCODE_REFUSED);
+        a.authoritative = false;
+        a.cacheable = false;
+        a.ede = Some((EDE_PROHIBITED, Cow::Borrowed("this client may not query this server for this name")));
         a
     }
 
@@ -144,60 +250,60 @@ impl Engine {
         a
     }
 
-    async fn resolve(&self, q: &Query<'_>) -> Arc<Answer> {
-        let mut lower = [0u8; 255];
-        let n = wire::lower_name_into(q.qname, &mut lower);
-        let lower = &lower[..n];
-        let zones_gen = self.cache.zones_generation.load(Ordering::Acquire);
-        let zones = self.cache.zones().await;
-        let mut deps = vec![(self.cache.zones_generation.clone(), zones_gen)];
+    /// Answers a name in a namespace zone, from the namespace cache.
+    async fn resolve_zone(
+        &self,
+        q: &Query<'_>,
+        lower: &[u8],
+        zone: &Arc<Zone>,
+        offset: usize,
+        zones_generation: u64,
+    ) -> ZoneOutcome {
+        let mut deps = vec![(self.cache.zones_generation.clone(), zones_generation)];
         let mut case_sensitive = false;
-        let mut answer = match zones.find(lower) {
-            _ if q.qclass != CLASS_IN && q.qclass != CLASS_ANY => self.refused(),
-            None => self.refused(),
-            Some((zone, offset)) => {
-                let ctx = BuildCtx {
-                    zone,
-                    zone_offset: offset,
-                    qtype: q.qtype,
-                    server_name: &self.settings.server_name,
-                    serial: self.serial,
-                };
-                let lower_labels = wire::labels(&lower[..offset]);
-                let original_labels = wire::labels(&q.qname[..offset]);
-                if lower_labels.is_empty() {
-                    build::apex(&ctx)
-                } else {
-                    let ns = self.cache.namespace(&zone.namespace);
-                    let catalog_gen = ns.catalog_generation.load(Ordering::Acquire);
-                    match self.cache.catalog(&ns).await {
-                        None => Self::outage(),
-                        Some(catalog) => {
-                            deps.push((ns.catalog_generation.clone(), catalog_gen));
-                            match build::parse(&lower_labels, &original_labels, &catalog) {
-                                Parsed::Apex => build::apex(&ctx),
-                                Parsed::NoSuchName => build::negative(&ctx, RCODE_NXDOMAIN),
-                                Parsed::EmptyNonTerminal => build::negative(&ctx, RCODE_NOERROR),
-                                Parsed::Service { service, reserved, rest, case_sensitive: cs } => {
-                                    case_sensitive = cs;
-                                    match self.cache.service(&ns, &service).await {
-                                        Lookup::Found { slot, generation, view, stale, confirmed_age } => {
-                                            let status = Status {
-                                                backend: self.cache.backend_kind(),
-                                                pushed: self.cache.pushed(),
-                                                confirmed_age,
-                                                refresh: self.cache.effective_refresh(),
-                                                stale,
-                                            };
-                                            let mut a = build::service(&ctx, &view, reserved, &rest, &status);
-                                            deps.push((slot.generation.clone(), generation));
-                                            a.touch = Some(slot.last_used.clone());
-                                            a
-                                        }
-                                        Lookup::NotFound => build::negative(&ctx, RCODE_NXDOMAIN),
-                                        Lookup::Outage => Self::outage(),
-                                    }
+        let fallthrough = zone.fallthrough && self.forwarder.is_some();
+        let ctx = BuildCtx {
+            zone,
+            zone_offset: offset,
+            qtype: q.qtype,
+            server_name: &self.settings.server_name,
+            serial: self.serial,
+        };
+        let lower_labels = wire::labels(&lower[..offset]);
+        let original_labels = wire::labels(&q.qname[..offset]);
+        let mut answer = if lower_labels.is_empty() {
+            build::apex(&ctx)
+        } else {
+            let ns = self.cache.namespace(&zone.namespace);
+            let catalog_gen = ns.catalog_generation.load(Ordering::Acquire);
+            match self.cache.catalog(&ns).await {
+                None => Self::outage(),
+                Some(catalog) => {
+                    deps.push((ns.catalog_generation.clone(), catalog_gen));
+                    match build::parse(&lower_labels, &original_labels, &catalog) {
+                        Parsed::Apex => build::apex(&ctx),
+                        Parsed::NoSuchName if fallthrough => return ZoneOutcome::Fallthrough(deps),
+                        Parsed::NoSuchName => build::negative(&ctx, RCODE_NXDOMAIN),
+                        Parsed::EmptyNonTerminal => build::negative(&ctx, RCODE_NOERROR),
+                        Parsed::Service { service, reserved, rest, case_sensitive: cs } => {
+                            case_sensitive = cs;
+                            match self.cache.service(&ns, &service).await {
+                                Lookup::Found { slot, generation, view, stale, confirmed_age } => {
+                                    let status = Status {
+                                        backend: self.cache.backend_kind(),
+                                        pushed: self.cache.pushed(),
+                                        confirmed_age,
+                                        refresh: self.cache.effective_refresh(),
+                                        stale,
+                                    };
+                                    let mut a = build::service(&ctx, &view, reserved, &rest, &status);
+                                    deps.push((slot.generation.clone(), generation));
+                                    a.touch = Some(slot.last_used.clone());
+                                    a
                                 }
+                                Lookup::NotFound if fallthrough => return ZoneOutcome::Fallthrough(deps),
+                                Lookup::NotFound => build::negative(&ctx, RCODE_NXDOMAIN),
+                                Lookup::Outage => Self::outage(),
                             }
                         }
                     }
@@ -205,6 +311,12 @@ impl Engine {
             }
         };
         answer.deps = deps;
+        answer.recursion_available = self.forwarder.is_some();
+        ZoneOutcome::Answer(self.store(q, answer, case_sensitive))
+    }
+
+    /// Keeps `answer` in the answer cache for the next query (unless it may not be reused).
+    fn store(&self, q: &Query<'_>, answer: Answer, case_sensitive: bool) -> Arc<Answer> {
         let answer = Arc::new(answer);
         if answer.cacheable && !case_sensitive {
             if self.answers.len() >= self.settings.max_cached_answers {

@@ -16,11 +16,34 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::Instrument;
 
 use super::engine::{Engine, Fast, Transport};
+use super::ratelimit::{RateLimiter, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
     pub tcp_idle_timeout: Duration,
     pub tcp_max_connections: usize,
+}
+
+/// Applies the response rate limit (if any) to a UDP response about to go to `peer`; `false` if
+/// it must not be sent. A slipped response is cut down to its header and question, with TC.
+fn admit(limiter: Option<&RateLimiter>, peer: SocketAddr, response: &mut Vec<u8>) -> bool {
+    let Some(limiter) = limiter else { return true };
+    match limiter.check(peer.ip(), crate::cache::now_ms()) {
+        Verdict::Send => true,
+        Verdict::Drop => false,
+        Verdict::Slip => {
+            let question_end = super::wire::read_plain_name(response, super::wire::HEADER_LEN).map(|e| e + 4);
+            match question_end {
+                Some(end) if end <= response.len() => {
+                    response.truncate(end);
+                    response[2] |= 0x02; // TC
+                    response[6..12].fill(0);
+                    true
+                }
+                _ => false,
+            }
+        }
+    }
 }
 
 /// Bound sockets, ready to serve.
@@ -65,9 +88,14 @@ async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)
     }
 }
 
-pub fn spawn(listeners: Listeners, engine: Arc<Engine>, settings: ServerSettings) {
+pub fn spawn(
+    listeners: Listeners,
+    engine: Arc<Engine>,
+    settings: ServerSettings,
+    limiter: Option<Arc<RateLimiter>>,
+) {
     for socket in listeners.udp {
-        tokio::spawn(serve_udp(Arc::new(socket), engine.clone()));
+        tokio::spawn(serve_udp(Arc::new(socket), engine.clone(), limiter.clone()));
     }
     let connections = Arc::new(Semaphore::new(settings.tcp_max_connections));
     for listener in listeners.tcp {
@@ -75,7 +103,7 @@ pub fn spawn(listeners: Listeners, engine: Arc<Engine>, settings: ServerSettings
     }
 }
 
-async fn serve_udp(socket: Arc<UdpSocket>, engine: Arc<Engine>) {
+async fn serve_udp(socket: Arc<UdpSocket>, engine: Arc<Engine>, limiter: Option<Arc<RateLimiter>>) {
     // On a wildcard address, replies must leave from the address each query came to.
     let wildcard = socket.local_addr().is_ok_and(|a| a.ip().is_unspecified());
     if wildcard && let Err(e) = super::pktinfo::enable(&socket) {
@@ -98,18 +126,22 @@ async fn serve_udp(socket: Arc<UdpSocket>, engine: Arc<Engine>) {
             }
         };
         let packet = &buf[..len];
-        match engine.answer_cached(packet, Transport::Udp, &mut out) {
+        match engine.answer_cached(packet, Transport::Udp, peer.ip(), &mut out) {
             Fast::Answered => {
-                let _ = reply(&socket, &out, peer, local).await;
+                if admit(limiter.as_deref(), peer, &mut out) {
+                    let _ = reply(&socket, &out, peer, local).await;
+                }
             }
             Fast::Dropped => {}
             Fast::Miss => {
                 let packet = packet.to_vec();
-                let (socket, engine) = (socket.clone(), engine.clone());
+                let (socket, engine, limiter) = (socket.clone(), engine.clone(), limiter.clone());
                 let span = tracing::debug_span!("query", %peer, transport = "udp");
                 tokio::spawn(
                     async move {
-                        if let Some(response) = engine.answer(&packet, Transport::Udp).await {
+                        if let Some(mut response) = engine.answer(&packet, Transport::Udp, peer.ip()).await
+                            && admit(limiter.as_deref(), peer, &mut response)
+                        {
                             let _ = reply(&socket, &response, peer, local).await;
                         }
                     }
@@ -186,7 +218,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, engine: Arc<Engin
         let span = tracing::debug_span!("query", %peer, transport = "tcp");
         tokio::spawn(
             async move {
-                if let Some(response) = engine.answer(&packet, Transport::Tcp).await {
+                if let Some(response) = engine.answer(&packet, Transport::Tcp, peer.ip()).await {
                     let _ = tx.send(response).await;
                 }
             }

@@ -30,6 +30,7 @@ pub const RCODE_BADVERS: u16 = 16;
 pub const EDE_STALE_ANSWER: u16 = 3;
 pub const EDE_NO_REACHABLE_AUTHORITY: u16 = 22;
 pub const EDE_PROHIBITED: u16 = 18;
+pub const EDE_OTHER: u16 = 0;
 const OPTION_EDE: u16 = 15;
 
 /// The UDP payload size this server advertises and will fill at most (the 2020 DNS flag day value).
@@ -93,11 +94,11 @@ pub enum Reject {
     NotImp { id: u16, flags: u16, question_end: Option<usize> },
 }
 
-fn u16_at(p: &[u8], at: usize) -> Option<u16> {
+pub fn u16_at(p: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]))
 }
 
-fn u32_at(p: &[u8], at: usize) -> Option<u32> {
+pub fn u32_at(p: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_be_bytes([*p.get(at)?, *p.get(at + 1)?, *p.get(at + 2)?, *p.get(at + 3)?]))
 }
 
@@ -122,7 +123,7 @@ pub fn read_plain_name(p: &[u8], mut at: usize) -> Option<usize> {
 }
 
 /// Skips a possibly compressed name (a pointer ends it); returns the offset just past it.
-fn skip_name(p: &[u8], mut at: usize) -> Option<usize> {
+pub fn skip_name(p: &[u8], mut at: usize) -> Option<usize> {
     let mut seen = 0;
     loop {
         let len = *p.get(at)? as usize;
@@ -350,12 +351,12 @@ pub struct OptOut<'a> {
     pub ede: Option<(u16, &'a str)>,
 }
 
-fn opt_len(opt: &OptOut) -> usize {
+pub fn opt_len(opt: &OptOut) -> usize {
     11 + opt.ede.map_or(0, |(_, text)| 6 + text.len())
 }
 
 /// Appends our OPT record: payload size, extended rcode, DO echoed, and the EDE option if any.
-fn write_opt(opt: &OptOut, dnssec_ok: bool, out: &mut Vec<u8>) {
+pub fn write_opt(opt: &OptOut, dnssec_ok: bool, out: &mut Vec<u8>) {
     out.push(0);
     out.extend_from_slice(&TYPE_OPT.to_be_bytes());
     out.extend_from_slice(&MAX_UDP_PAYLOAD.to_be_bytes());

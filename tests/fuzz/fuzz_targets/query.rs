@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
+use cloudmap_dns::acl::{self, Acl};
 use cloudmap_dns::backend::{Backend, BackendError, Change, Discovered, DiscoveredInstance, NamespaceRef, ServiceInfo};
 use cloudmap_dns::cache::{Cache, CacheSettings, ZoneSource};
 use cloudmap_dns::dns::engine::{Engine, EngineSettings, Transport};
@@ -99,7 +100,13 @@ fn harness() -> &'static Harness {
             },
             ZoneSource { explicit: vec![zone], automatic: None },
         );
-        let engine = Engine::new(cache, EngineSettings { server_name: wire::encode_name("localhost").unwrap(), max_cached_answers: 1000 });
+        let settings = EngineSettings {
+            server_name: wire::encode_name("localhost").unwrap(),
+            max_cached_answers: 1000,
+            allow_query: Acl::new(&acl::loopback()),
+            allow_recursion: Acl::new(&acl::loopback()),
+        };
+        let engine = Engine::new(cache, None, settings);
         Harness { runtime, engine }
     })
 }
@@ -107,7 +114,7 @@ fn harness() -> &'static Harness {
 fuzz_target!(|data: &[u8]| {
     let h = harness();
     for transport in [Transport::Udp, Transport::Tcp] {
-        if let Some(response) = h.runtime.block_on(h.engine.answer(data, transport)) {
+        if let Some(response) = h.runtime.block_on(h.engine.answer(data, transport, [127, 0, 0, 1].into())) {
             assert!(response.len() >= 12, "a response has a header");
             assert_eq!(response[..2], data[..2], "the response carries the query's ID");
             if transport == Transport::Udp {

@@ -1,0 +1,459 @@
+//! Forwarding: names outside the namespace zones (and, for zones with `fallthrough`, names the
+//! namespace does not know) are resolved by the upstream resolvers and cached.
+//!
+//! A query enters through `cached` (the hot path, on the socket's task: a fresh or serving-stale
+//! cache entry is written out, and a popular entry near its expiry is prefetched in the
+//! background) or `answer` (everything else). `answer` joins or starts the one flight for its key
+//! (concurrent misses share one upstream query), serves stale data per RFC 8767 when upstreams
+//! fail or are slow, and refuses to forward names that come back to us (loop probes).
+
+pub mod cache;
+pub mod reply;
+pub mod upstream;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use tokio::sync::{Notify, watch};
+
+use self::cache::{Entry, ForwardCache};
+use self::reply::{Kind, Ttls};
+use self::upstream::{Failure, UpstreamSettings, Upstreams};
+use crate::dns::wire::{self, Query};
+
+/// Milliseconds on a monotonic clock: cache lifetimes must not jump with the wall clock.
+pub fn mono_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+#[derive(Debug, Clone)]
+pub struct ForwardSettings {
+    pub upstream: UpstreamSettings,
+    pub max_entries: usize,
+    pub max_bytes: usize,
+    pub max_negative_ttl: u32,
+    /// How long a SERVFAIL (every upstream failed) is cached.
+    pub servfail_ttl: u32,
+    pub prefetch: bool,
+    /// How long past expiry an entry may be served stale when upstreams fail; 0 = never.
+    pub serve_stale: Duration,
+    /// TTL of stale records (RFC 8767 suggests 30 s), and how long after a failed refresh an
+    /// entry is served stale before upstreams are tried again.
+    pub stale_ttl: u32,
+    /// With stale data at hand, how long a client waits for upstreams before getting it.
+    pub stale_answer_timeout: Duration,
+    pub loop_check_interval: Duration,
+}
+
+/// Counters for metrics.
+#[derive(Debug, Default)]
+pub struct ForwardStats {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+    pub stale: AtomicU64,
+    pub prefetches: AtomicU64,
+    pub loops: AtomicU64,
+    pub servfails: AtomicU64,
+}
+
+/// Where forwarded names come from, each checked for loops on its own: every name outside the
+/// zones, or the unknown names of one fallthrough zone.
+#[derive(Debug)]
+struct LoopTarget {
+    /// Lower-case wire suffix: the root for plain forwarding, the zone for fallthrough.
+    suffix: Vec<u8>,
+    looping: AtomicBool,
+    /// Set when this target's probe came back to us during the current probe round.
+    seen: AtomicBool,
+}
+
+/// What a flight ends with: an answer (positive or negative), or a SERVFAIL entry saying why.
+#[derive(Debug, Clone)]
+enum Outcome {
+    Answer(Arc<Entry>),
+    Failed(Arc<Entry>),
+}
+
+/// Everything a flight needs, owned: flights outlive the query that started them.
+#[derive(Debug, Clone)]
+struct Request {
+    key: Box<[u8]>,
+    question: Box<[u8]>,
+    dnssec_ok: bool,
+    checking_disabled: bool,
+    zones_generation: u64,
+    deps: Vec<(Arc<AtomicU64>, u64)>,
+}
+
+pub struct Forwarder {
+    upstreams: Upstreams,
+    cache: ForwardCache,
+    flights: DashMap<Box<[u8]>, watch::Receiver<Option<Outcome>>>,
+    settings: ForwardSettings,
+    targets: Vec<LoopTarget>,
+    /// Probe names in flight (lower-case wire) and the target each checks.
+    probes: Mutex<HashMap<Vec<u8>, usize>>,
+    probe_now: Notify,
+    last_probe_ms: AtomicU64,
+    pub stats: ForwardStats,
+}
+
+/// The cache key: lower-case QNAME, QTYPE, QCLASS, and the DO and CD bits.
+pub fn key_into(q: &Query, buf: &mut [u8; 261]) -> usize {
+    let n = wire::lower_name_into(q.qname, &mut buf[..255]);
+    buf[n..n + 2].copy_from_slice(&q.qtype.to_be_bytes());
+    buf[n + 2..n + 4].copy_from_slice(&q.qclass.to_be_bytes());
+    buf[n + 4] = q.edns.is_some_and(|e| e.dnssec_ok) as u8 | (q.checking_disabled() as u8) << 1;
+    n + 5
+}
+
+impl Forwarder {
+    /// `fallthrough_zones`: lower-case wire names of zones whose unknown names are forwarded.
+    pub fn new(
+        upstreams: &[std::net::SocketAddr],
+        fallthrough_zones: &[Vec<u8>],
+        settings: ForwardSettings,
+    ) -> Forwarder {
+        let mut targets = vec![LoopTarget { suffix: vec![0], looping: false.into(), seen: false.into() }];
+        targets.extend(fallthrough_zones.iter().map(|z| LoopTarget {
+            suffix: z.clone(),
+            looping: false.into(),
+            seen: false.into(),
+        }));
+        Forwarder {
+            upstreams: Upstreams::new(upstreams, settings.upstream.clone()),
+            cache: ForwardCache::new(settings.max_entries, settings.max_bytes),
+            flights: DashMap::new(),
+            settings,
+            targets,
+            probes: Mutex::new(HashMap::new()),
+            probe_now: Notify::new(),
+            last_probe_ms: AtomicU64::new(0),
+            stats: ForwardStats::default(),
+        }
+    }
+
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
+    pub fn cache(&self) -> &ForwardCache {
+        &self.cache
+    }
+
+    /// The loop target of a forwarded name: its fallthrough zone, or the root.
+    pub fn target_of(&self, zone_wire: Option<&[u8]>) -> usize {
+        zone_wire.and_then(|z| self.targets.iter().position(|t| t.suffix == z)).unwrap_or(0)
+    }
+
+    fn write(&self, e: &Entry, q: &Query, limit: usize, now: u64, stale: bool, out: &mut Vec<u8>) {
+        if stale {
+            let ede = Some((wire::EDE_STALE_ANSWER, "upstreams failed; serving expired data"));
+            e.template.write(q, limit, Ttls::Stale(self.settings.stale_ttl), ede, out);
+        } else {
+            let ede = e.ede.as_ref().map(|(c, t)| (*c, t.as_str()));
+            e.template.write(q, limit, Ttls::Elapsed(e.elapsed_s(now)), ede, out);
+        }
+    }
+
+    /// The hot path: writes a cached reply into `out` if there is one to give. `zones_generation`
+    /// is the zone table's current generation: an entry routed under another must be routed again.
+    pub fn cached(
+        self: &Arc<Self>,
+        q: &Query,
+        key: &[u8],
+        zones_generation: u64,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let Some(e) = self.cache.get(key) else { return false };
+        if e.zones_generation.load(Ordering::Relaxed) != zones_generation || !e.deps_hold() {
+            return false;
+        }
+        let now = mono_ms();
+        if e.is_fresh(now) {
+            self.write(&e, q, limit, now, false, out);
+            self.stats.hits.fetch_add(1, Ordering::Relaxed);
+            self.maybe_prefetch(&e, key, now);
+            true
+        } else if now < e.serving_stale_until_ms.load(Ordering::Relaxed) {
+            self.write(&e, q, limit, now, true, out);
+            self.stats.stale.fetch_add(1, Ordering::Relaxed);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Unbound's prefetch: an entry asked for again in the last tenth of its TTL (at least the
+    /// last second) is refreshed in the background, so popular names never expire in the cache.
+    fn maybe_prefetch(self: &Arc<Self>, e: &Arc<Entry>, key: &[u8], now: u64) {
+        let earlier_hits = e.hits.fetch_add(1, Ordering::Relaxed);
+        if !self.settings.prefetch || e.template.kind == Kind::Failure || earlier_hits == 0 {
+            return;
+        }
+        let window = (e.ttl as u64 * 100).max(1000);
+        if e.expires_ms().saturating_sub(now) > window || e.prefetching.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let flags = key.last().copied().unwrap_or(0);
+        let request = Request {
+            key: key.into(),
+            question: e.template.question().into(),
+            dnssec_ok: flags & 1 != 0,
+            checking_disabled: flags & 2 != 0,
+            zones_generation: e.zones_generation.load(Ordering::Relaxed),
+            deps: e.deps.clone(),
+        };
+        self.stats.prefetches.fetch_add(1, Ordering::Relaxed);
+        let this = self.clone();
+        runtime.spawn(async move {
+            this.fetch(request).await;
+        });
+    }
+
+    /// Whether `lower_qname` is one of our own loop probes coming back; marks its target looping.
+    fn probe_returned(&self, lower_qname: &[u8]) -> bool {
+        let Ok(probes) = self.probes.lock() else { return false };
+        let Some(&target) = probes.get(lower_qname) else { return false };
+        self.targets[target].seen.store(true, Ordering::Relaxed);
+        if !self.targets[target].looping.swap(true, Ordering::Relaxed) {
+            self.stats.loops.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(
+                zone = %wire::name_to_string(&self.targets[target].suffix),
+                "forwarding loop: our own probe came back to us through the upstreams; forwarded names under {} get SERVFAIL until it is fixed",
+                wire::name_to_string(&self.targets[target].suffix)
+            );
+        }
+        true
+    }
+
+    /// The full path for a forwarded name.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn answer(
+        self: &Arc<Self>,
+        q: &Query<'_>,
+        key: &[u8],
+        target: usize,
+        zones_generation: u64,
+        deps: Vec<(Arc<AtomicU64>, u64)>,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) {
+        let lower_qname = &key[..q.qname.len()];
+        if self.probe_returned(lower_qname) || self.targets[target].looping.load(Ordering::Relaxed) {
+            self.stats.loops.fetch_add(1, Ordering::Relaxed);
+            let t = reply::bare(q.question, wire::RCODE_SERVFAIL);
+            let ede =
+                Some((wire::EDE_OTHER, "forwarding loop detected: the upstreams send this name back to us"));
+            t.write(q, limit, Ttls::Elapsed(0), ede, out);
+            return;
+        }
+        let now = mono_ms();
+        let existing = self.cache.get(key).filter(|e| e.deps_hold());
+        if let Some(e) = &existing {
+            if e.is_fresh(now) {
+                // Still good; it was only routed under an older zone table.
+                e.zones_generation.store(zones_generation, Ordering::Relaxed);
+                self.stats.hits.fetch_add(1, Ordering::Relaxed);
+                self.write(e, q, limit, now, false, out);
+                return;
+            }
+            if now < e.serving_stale_until_ms.load(Ordering::Relaxed) {
+                self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                self.write(e, q, limit, now, true, out);
+                return;
+            }
+        }
+        self.stats.misses.fetch_add(1, Ordering::Relaxed);
+        let stale = existing.filter(|e| e.template.kind != Kind::Failure && e.may_serve_stale(now));
+        let request = Request {
+            key: key.into(),
+            question: q.question.into(),
+            dnssec_ok: q.edns.is_some_and(|e| e.dnssec_ok),
+            checking_disabled: q.checking_disabled(),
+            zones_generation,
+            deps,
+        };
+        let outcome = match &stale {
+            // RFC 8767 §5: with stale data at hand, a client waits at most this long.
+            Some(_) => {
+                tokio::time::timeout(self.settings.stale_answer_timeout, self.fetch(request)).await.ok()
+            }
+            None => Some(self.fetch(request).await),
+        };
+        let now = mono_ms();
+        match (outcome, stale) {
+            (Some(Outcome::Answer(e)), _) => self.write(&e, q, limit, now, false, out),
+            (Some(Outcome::Failed(_)), Some(s)) => {
+                // Serve stale, and keep doing so without asking upstream for the failure recheck time.
+                s.serving_stale_until_ms
+                    .store(now + self.settings.stale_ttl as u64 * 1000, Ordering::Relaxed);
+                self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                self.write(&s, q, limit, now, true, out);
+            }
+            (None, Some(s)) => {
+                self.stats.stale.fetch_add(1, Ordering::Relaxed);
+                self.write(&s, q, limit, now, true, out);
+            }
+            (Some(Outcome::Failed(e)), None) => {
+                self.stats.servfails.fetch_add(1, Ordering::Relaxed);
+                self.write(&e, q, limit, now, false, out);
+            }
+            (None, None) => {} // unreachable: without stale data the flight is awaited
+        }
+    }
+
+    /// Joins the flight for `request.key`, or starts it.
+    async fn fetch(self: &Arc<Self>, request: Request) -> Outcome {
+        loop {
+            let mut rx = match self.flights.entry(request.key.clone()) {
+                dashmap::Entry::Occupied(o) => o.get().clone(),
+                dashmap::Entry::Vacant(v) => {
+                    let (tx, rx) = watch::channel(None);
+                    v.insert(rx.clone());
+                    // The flight runs on its own task: a client that stops waiting (a stale
+                    // answer was sent instead) does not cancel it for the others.
+                    tokio::spawn(self.clone().fly(request.clone(), tx));
+                    rx
+                }
+            };
+            match rx.wait_for(|o| o.is_some()).await {
+                Ok(o) => {
+                    if let Some(outcome) = o.as_ref() {
+                        return outcome.clone();
+                    }
+                }
+                Err(_) => continue, // the flight's task died without an outcome: start another
+            }
+        }
+    }
+
+    async fn fly(self: Arc<Self>, request: Request, tx: watch::Sender<Option<Outcome>>) {
+        let result =
+            self.upstreams.resolve(&request.question, request.dnssec_ok, request.checking_disabled).await;
+        let now = mono_ms();
+        let stale_s = self.settings.serve_stale.as_secs();
+        let outcome = match result {
+            Ok(t) => {
+                let ttl = match t.kind {
+                    Kind::Negative => t.ttl.map(|x| x.min(self.settings.max_negative_ttl)),
+                    _ => t.ttl,
+                }
+                .unwrap_or(0);
+                let entry = Entry::new(t, None, now, ttl, stale_s, request.zones_generation, request.deps);
+                Outcome::Answer(if ttl > 0 {
+                    self.cache.insert(&request.key, entry, now)
+                } else {
+                    Arc::new(entry)
+                })
+            }
+            Err(failure) => {
+                let (code, why): (u16, Cow<str>) = match &failure {
+                    Failure::NoUpstream => (wire::EDE_PROHIBITED, "no upstream is configured".into()),
+                    Failure::Unreachable(why) => {
+                        (wire::EDE_NO_REACHABLE_AUTHORITY, format!("no upstream answered ({why})").into())
+                    }
+                    Failure::Failed(rcode) => (
+                        wire::EDE_NO_REACHABLE_AUTHORITY,
+                        format!("every upstream failed (rcode {rcode})").into(),
+                    ),
+                };
+                tracing::debug!(reason = %why, "forwarding failed");
+                self.probe_soon();
+                let t = reply::bare(&request.question, wire::RCODE_SERVFAIL);
+                let ttl = self.settings.servfail_ttl;
+                let entry = Entry::new(
+                    t,
+                    Some((code, why.into_owned())),
+                    now,
+                    ttl,
+                    0,
+                    request.zones_generation,
+                    request.deps,
+                );
+                // A brief SERVFAIL entry spares the upstreams a retry storm, but never displaces
+                // data that may still be served stale.
+                let keep_stale = self.cache.get(&request.key).is_some_and(|e| e.may_serve_stale(now));
+                Outcome::Failed(if ttl > 0 && !keep_stale {
+                    self.cache.insert(&request.key, entry, now)
+                } else {
+                    Arc::new(entry)
+                })
+            }
+        };
+        self.flights.remove(&request.key);
+        let _ = tx.send(Some(outcome));
+    }
+
+    /// Asks for a loop check soon (after failures: a loop shows as upstream timeouts).
+    fn probe_soon(&self) {
+        let now = mono_ms();
+        let last = self.last_probe_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= 5_000 || last == 0 {
+            self.probe_now.notify_one();
+        }
+    }
+
+    /// Sends one probe per loop target: a random name under it that nobody else asks for. If it
+    /// reaches our own listener while in flight, the target is looping.
+    async fn probe_round(&self) {
+        self.last_probe_ms.store(mono_ms().max(1), Ordering::Relaxed);
+        let mut names = Vec::new();
+        if let Ok(mut probes) = self.probes.lock() {
+            for (i, t) in self.targets.iter().enumerate() {
+                let mut name = Vec::with_capacity(t.suffix.len() + 40);
+                name.push(16);
+                name.extend_from_slice(format!("{:016x}", rand::random::<u64>()).as_bytes());
+                name.push(10);
+                name.extend_from_slice(b"loop-check");
+                name.extend_from_slice(&t.suffix);
+                if name.len() > 255 {
+                    continue;
+                }
+                t.seen.store(false, Ordering::Relaxed);
+                probes.insert(name.clone(), i);
+                names.push((i, name));
+            }
+        }
+        // One after another: a handful of names, and a round is not urgent.
+        for (_, name) in &names {
+            let mut question = name.clone();
+            question.extend_from_slice(&wire::TYPE_HINFO.to_be_bytes());
+            question.extend_from_slice(&wire::CLASS_IN.to_be_bytes());
+            let _ = self.upstreams.resolve(&question, false, false).await;
+        }
+        if let Ok(mut probes) = self.probes.lock() {
+            for (i, name) in &names {
+                probes.remove(name);
+                let t = &self.targets[*i];
+                if !t.seen.load(Ordering::Relaxed) && t.looping.swap(false, Ordering::Relaxed) {
+                    tracing::info!(zone = %wire::name_to_string(&t.suffix), "forwarding loop is gone");
+                }
+            }
+        }
+    }
+
+    /// Background work: loop probes (at start, every `loop_check_interval`, and soon after
+    /// failures) and sweeping entries past their stale window.
+    pub async fn maintain(self: Arc<Self>) {
+        if self.upstreams.is_empty() {
+            return;
+        }
+        let mut sweep = tokio::time::interval(Duration::from_secs(60));
+        let mut probe = tokio::time::interval(self.settings.loop_check_interval.max(Duration::from_secs(1)));
+        loop {
+            tokio::select! {
+                _ = probe.tick() => self.probe_round().await,
+                _ = self.probe_now.notified() => self.probe_round().await,
+                _ = sweep.tick() => self.cache.sweep(mono_ms()),
+            }
+        }
+    }
+}

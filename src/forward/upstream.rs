@@ -1,0 +1,294 @@
+//! The upstream resolvers: one exchange per try (UDP from a fresh socket on a random port with a
+//! random ID, TCP when the reply is truncated), failover in the configured order, and a health
+//! view of each upstream so a failing one is skipped until it recovers.
+//!
+//! A reply is accepted only if it comes from the upstream's address (the socket is connected),
+//! carries the ID sent and echoes the question sent (`reply::accept`); anything else is counted
+//! and ignored while the try waits on, so an unsolicited or spoofed datagram can neither poison
+//! the cache nor cut the wait short.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::time::{Instant, timeout_at};
+
+use super::reply::{self, Bad, Kind, Template};
+
+#[derive(Debug, Clone)]
+pub struct UpstreamSettings {
+    /// How long one try waits for a reply.
+    pub timeout: Duration,
+    /// Tries per query, across upstreams (each try goes to the next upstream in order).
+    pub attempts: usize,
+    /// Consecutive failures after which an upstream is skipped.
+    pub down_after: u32,
+    /// How long a failing upstream is skipped at first; doubled while it keeps failing.
+    pub down_for: Duration,
+    pub down_for_max: Duration,
+    /// TTL clamps applied to what is accepted.
+    pub min_ttl: u32,
+    pub max_ttl: u32,
+}
+
+/// What happened to tries, per upstream, for metrics and logs.
+#[derive(Debug, Default)]
+pub struct UpstreamStats {
+    pub ok: AtomicU64,
+    pub timeout: AtomicU64,
+    pub error: AtomicU64,
+    pub servfail: AtomicU64,
+    pub refused: AtomicU64,
+    /// Replies ignored: wrong ID or question, unreadable.
+    pub mismatched: AtomicU64,
+    /// UDP replies with TC, retried over TCP.
+    pub truncated: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Health {
+    failures: u32,
+    down_until: Option<Instant>,
+    down_for: Duration,
+}
+
+#[derive(Debug)]
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub stats: UpstreamStats,
+    health: Mutex<Health>,
+}
+
+impl Upstream {
+    /// Whether it is being skipped for failing.
+    pub fn is_down(&self, now: Instant) -> bool {
+        self.health.lock().map(|h| h.down_until.is_some_and(|t| t > now)).unwrap_or(false)
+    }
+
+    fn succeeded(&self, settings: &UpstreamSettings) {
+        if let Ok(mut h) = self.health.lock() {
+            if h.down_until.is_some() {
+                tracing::info!(upstream = %self.addr, "upstream {} answers again", self.addr);
+            }
+            *h = Health { failures: 0, down_until: None, down_for: settings.down_for };
+        }
+    }
+
+    fn failed(&self, settings: &UpstreamSettings, why: &str) {
+        if let Ok(mut h) = self.health.lock() {
+            h.failures += 1;
+            if h.failures >= settings.down_after {
+                let now = Instant::now();
+                if h.down_until.is_none_or(|t| t <= now) {
+                    if h.down_until.is_none() {
+                        tracing::warn!(upstream = %self.addr, reason = why, "upstream {} is failing ({why}); skipping it", self.addr);
+                    }
+                    h.down_until = Some(now + h.down_for);
+                    h.down_for = (h.down_for * 2).min(settings.down_for_max);
+                }
+            }
+        }
+    }
+}
+
+/// Why no upstream gave an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// No upstream is configured.
+    NoUpstream,
+    /// Every try timed out or failed; the last reason.
+    Unreachable(String),
+    /// Upstreams answered, but only SERVFAIL, REFUSED or the like; the last rcode.
+    Failed(u8),
+}
+
+/// The configured upstreams, in failover order.
+#[derive(Debug)]
+pub struct Upstreams {
+    list: Vec<Upstream>,
+    settings: UpstreamSettings,
+}
+
+impl Upstreams {
+    pub fn new(addrs: &[SocketAddr], settings: UpstreamSettings) -> Upstreams {
+        let list = addrs
+            .iter()
+            .map(|&addr| Upstream {
+                addr,
+                stats: UpstreamStats::default(),
+                health: Mutex::new(Health { failures: 0, down_until: None, down_for: settings.down_for }),
+            })
+            .collect();
+        Upstreams { list, settings }
+    }
+
+    pub fn list(&self) -> &[Upstream] {
+        &self.list
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Whether `ip` is one of the upstreams' addresses.
+    pub fn contains_ip(&self, ip: IpAddr) -> bool {
+        self.list.iter().any(|u| u.addr.ip() == ip)
+    }
+
+    /// The order to try them in: healthy ones as configured, then skipped ones, soonest back
+    /// first (when all are down, the one most likely to have recovered is still tried).
+    fn order(&self) -> Vec<&Upstream> {
+        let now = Instant::now();
+        let (mut up, mut down): (Vec<&Upstream>, Vec<&Upstream>) =
+            self.list.iter().partition(|u| !u.is_down(now));
+        down.sort_by_key(|u| u.health.lock().ok().and_then(|h| h.down_until));
+        up.append(&mut down);
+        up
+    }
+
+    /// Resolves `question` (the client's, as sent) upstream. A negative or positive answer is
+    /// returned as soon as one upstream gives it; failures move on to the next upstream.
+    pub async fn resolve(
+        &self,
+        question: &[u8],
+        dnssec_ok: bool,
+        checking_disabled: bool,
+    ) -> Result<Template, Failure> {
+        let order = self.order();
+        if order.is_empty() {
+            return Err(Failure::NoUpstream);
+        }
+        let mut last = Failure::Unreachable("no try".into());
+        for upstream in order.iter().cycle().take(self.settings.attempts.max(1)) {
+            match self.try_one(upstream, question, dnssec_ok, checking_disabled).await {
+                Ok(t) if t.kind != Kind::Failure => {
+                    upstream.stats.ok.fetch_add(1, Ordering::Relaxed);
+                    upstream.succeeded(&self.settings);
+                    return Ok(t);
+                }
+                Ok(t) => {
+                    // SERVFAIL is about this name (a broken delegation, a DNSSEC failure), not
+                    // the upstream's health; REFUSED and the rest mean it will not serve us.
+                    if t.rcode == crate::dns::wire::RCODE_SERVFAIL {
+                        upstream.stats.servfail.fetch_add(1, Ordering::Relaxed);
+                        upstream.succeeded(&self.settings);
+                    } else {
+                        upstream.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        upstream.failed(&self.settings, "refuses queries");
+                    }
+                    last = Failure::Failed(t.rcode);
+                }
+                Err(why) => {
+                    upstream.failed(&self.settings, &why);
+                    if !matches!(last, Failure::Failed(_)) {
+                        last = Failure::Unreachable(format!("{}: {why}", upstream.addr));
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    /// One try: UDP, then TCP if the UDP reply was truncated.
+    async fn try_one(
+        &self,
+        upstream: &Upstream,
+        question: &[u8],
+        dnssec_ok: bool,
+        checking_disabled: bool,
+    ) -> Result<Template, String> {
+        let deadline = Instant::now() + self.settings.timeout;
+        let id: u16 = rand::random();
+        let query = reply::upstream_query(id, question, dnssec_ok, checking_disabled);
+        let t = match timeout_at(deadline, self.udp(upstream, &query, id, question)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                upstream.stats.error.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+            Err(_) => {
+                upstream.stats.timeout.fetch_add(1, Ordering::Relaxed);
+                return Err("timed out".into());
+            }
+        };
+        if !t.truncated {
+            return Ok(t);
+        }
+        upstream.stats.truncated.fetch_add(1, Ordering::Relaxed);
+        let id: u16 = rand::random();
+        let query = reply::upstream_query(id, question, dnssec_ok, checking_disabled);
+        let deadline = Instant::now() + self.settings.timeout;
+        match timeout_at(deadline, self.tcp(upstream, &query, id, question)).await {
+            Ok(Ok(t)) => Ok(t),
+            Ok(Err(e)) => {
+                upstream.stats.error.fetch_add(1, Ordering::Relaxed);
+                Err(e)
+            }
+            Err(_) => {
+                upstream.stats.timeout.fetch_add(1, Ordering::Relaxed);
+                Err("timed out over TCP".into())
+            }
+        }
+    }
+
+    async fn udp(
+        &self,
+        upstream: &Upstream,
+        query: &[u8],
+        id: u16,
+        question: &[u8],
+    ) -> Result<Template, String> {
+        // A fresh socket per try: the kernel picks a random ephemeral port, so a spoofer must
+        // guess the port as well as the ID; `connect` makes the kernel drop datagrams from any
+        // other address.
+        let local: SocketAddr = match upstream.addr {
+            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let socket = UdpSocket::bind(local).await.map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+        socket.connect(upstream.addr).await.map_err(|e| format!("cannot reach: {e}"))?;
+        socket.send(query).await.map_err(|e| format!("cannot send: {e}"))?;
+        let mut buf = vec![0u8; 65535];
+        loop {
+            let n = socket.recv(&mut buf).await.map_err(|e| format!("receive failed: {e}"))?;
+            match reply::accept(&buf[..n], id, question, self.settings.min_ttl, self.settings.max_ttl) {
+                Ok(t) => return Ok(t),
+                Err(Bad::Mismatch | Bad::Malformed) => {
+                    upstream.stats.mismatched.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(upstream = %upstream.addr, "ignored a reply that does not match the query");
+                }
+            }
+        }
+    }
+
+    async fn tcp(
+        &self,
+        upstream: &Upstream,
+        query: &[u8],
+        id: u16,
+        question: &[u8],
+    ) -> Result<Template, String> {
+        let mut stream =
+            TcpStream::connect(upstream.addr).await.map_err(|e| format!("cannot connect over TCP: {e}"))?;
+        let _ = stream.set_nodelay(true);
+        let mut framed = Vec::with_capacity(query.len() + 2);
+        framed.extend_from_slice(&(query.len() as u16).to_be_bytes());
+        framed.extend_from_slice(query);
+        stream.write_all(&framed).await.map_err(|e| format!("cannot send over TCP: {e}"))?;
+        loop {
+            let mut len = [0u8; 2];
+            stream.read_exact(&mut len).await.map_err(|e| format!("TCP receive failed: {e}"))?;
+            let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+            stream.read_exact(&mut buf).await.map_err(|e| format!("TCP receive failed: {e}"))?;
+            match reply::accept(&buf, id, question, self.settings.min_ttl, self.settings.max_ttl) {
+                Ok(t) => return Ok(t),
+                Err(_) => {
+                    upstream.stats.mismatched.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}
