@@ -1,7 +1,8 @@
 //! The DNS answer path end to end: the release binary on loopback, with the embedded backend, and
 //! closed-loop UDP clients. Reports queries/s and p50/p99 latency for answer-cache hits (A and SRV
 //! of a cached service) and for misses (names never asked before, answered by building from the
-//! namespace cache).
+//! namespace cache), and for forwarded names (an in-process hickory authority as the upstream):
+//! forward-cache hits and misses that go upstream.
 //!
 //! Run: `cargo bench --bench dns_answer` (env: BENCH_SECONDS, BENCH_CLIENTS).
 //! On a 2-core machine the clients share the CPU with the server: compare figures from one run,
@@ -65,11 +66,16 @@ fn drive(
     (lat.len() as f64 / start.elapsed().as_secs_f64(), lat, lost.load(Ordering::Relaxed))
 }
 
+/// Names the upstream authority has, with TTL 300: an A record, a CNAME chain, the NS host.
+const FORWARDED: [&str; 3] = ["www", "alias", "ns"];
+
 #[tokio::main]
 async fn main() {
     let seconds = env_or("BENCH_SECONDS", 3);
     let clients = env_or("BENCH_CLIENTS", 4);
-    let server = common::Server::start(&[]);
+    let authority = common::upstream::Authority::start().await;
+    let upstream = authority.addr.to_string();
+    let server = common::Server::start(&["--upstream", &upstream]);
     let c = server.client();
     let ns = common::http_namespace(&c, "bench").await;
     for s in 0..100 {
@@ -92,12 +98,17 @@ async fn main() {
         ("cached SRV", dns::SRV, Arc::new(|i| format!("svc{}.bench", i % 100))),
         ("miss (new name, NXDOMAIN)", dns::A, Arc::new(|i| format!("nx{i}.bench"))),
         ("miss (_cloudmap TXT)", dns::TXT, Arc::new(|i| format!("_cloudmap.svc{}.bench", i % 100))),
+        ("forwarded, cache hit", dns::A, Arc::new(|i| format!("{}.example.test", FORWARDED[i as usize % 3]))),
+        ("forwarded, miss (upstream)", dns::A, Arc::new(|i| format!("nx{i}.example.test"))),
     ];
-    // Warm the cache for the hit cases.
+    // Warm the caches for the hit cases.
     for s in 0..100 {
         for t in [dns::A, dns::SRV] {
             dns::udp(dns_addr, &dns::query(&format!("svc{s}.bench"), t));
         }
+    }
+    for name in FORWARDED {
+        dns::udp(dns_addr, &dns::query(&format!("{name}.example.test"), dns::A));
     }
     println!("DNS answer path, {clients} closed-loop UDP clients, {seconds} s per case");
     println!("| case                          |   q/s    | p50 us | p99 us | lost |");

@@ -379,8 +379,17 @@ impl Forwarder {
                     request.deps,
                 );
                 // A brief SERVFAIL entry spares the upstreams a retry storm, but never displaces
-                // data that may still be served stale.
-                let keep_stale = self.cache.get(&request.key).is_some_and(|e| e.may_serve_stale(now));
+                // data that may still be served stale: that is served instead, without asking
+                // upstream again for the failure recheck time (RFC 8767 §4).
+                let stale = self
+                    .cache
+                    .get(&request.key)
+                    .filter(|e| e.may_serve_stale(now) && e.template.kind != Kind::Failure);
+                if let Some(e) = &stale {
+                    e.serving_stale_until_ms
+                        .store(now + self.settings.stale_ttl as u64 * 1000, Ordering::Relaxed);
+                }
+                let keep_stale = stale.is_some();
                 Outcome::Failed(if ttl > 0 && !keep_stale {
                     self.cache.insert(&request.key, entry, now)
                 } else {

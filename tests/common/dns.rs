@@ -159,3 +159,52 @@ pub fn ede(m: &Message) -> Option<u16> {
         }
     })
 }
+
+/// Sends one datagram from `source` (a loopback address of the test's choosing, so access
+/// control and rate limits see distinct clients); `None` if nothing comes back in time.
+pub async fn udp_from(
+    source: std::net::IpAddr,
+    server: SocketAddr,
+    packet: &[u8],
+    timeout: Duration,
+) -> Option<Vec<u8>> {
+    let sock = tokio::net::UdpSocket::bind((source, 0)).await.expect("bind client");
+    sock.send_to(packet, server).await.expect("send");
+    let mut buf = vec![0u8; 65535];
+    let (n, _) = tokio::time::timeout(timeout, sock.recv_from(&mut buf)).await.ok()?.ok()?;
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// One query over UDP from 127.0.0.1, parsed.
+pub async fn ask(server: SocketAddr, name: &str, qtype: u16) -> Message {
+    let r = udp_from([127, 0, 0, 1].into(), server, &query(name, qtype), Duration::from_secs(10)).await;
+    parse(&r.expect("a UDP response"))
+}
+
+/// One query over TCP, parsed.
+pub async fn ask_tcp(server: SocketAddr, packet: &[u8]) -> Message {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(server).await.expect("connect");
+    let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(packet);
+    s.write_all(&framed).await.expect("send");
+    let mut len = [0u8; 2];
+    s.read_exact(&mut len).await.expect("length");
+    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
+    s.read_exact(&mut buf).await.expect("response");
+    parse(&buf)
+}
+
+/// The text of the Extended DNS Error, if any.
+pub fn ede_text(m: &Message) -> Option<String> {
+    let edns = m.edns.as_ref()?;
+    edns.options().options.iter().find_map(|(code, opt)| match opt {
+        hickory_proto::rr::rdata::opt::EdnsOption::Unknown(_, data)
+            if u16::from(*code) == 15 && data.len() >= 2 =>
+        {
+            Some(String::from_utf8_lossy(&data[2..]).into_owned())
+        }
+        _ => None,
+    })
+}

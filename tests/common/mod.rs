@@ -4,6 +4,7 @@
 
 pub mod dns;
 pub mod proxy;
+pub mod upstream;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
