@@ -118,6 +118,41 @@ async fn negative_answers_are_cached_for_the_soa_minimum() {
     tokio::time::sleep(Duration::from_millis(NEGATIVE_TTL as u64 * 1000 + 600)).await;
     ask(server.dns, "nope.example.test", A).await;
     assert_eq!(front.count("nope.example.test"), 2, "asked again once the negative TTL ran out");
+
+    // A negative answer without an SOA is passed on but not cached.
+    front.set_mode(Mode::NxDomainWithoutSoa);
+    for _ in 0..2 {
+        let r = ask(server.dns, "nosoa.example.test", A).await;
+        assert_eq!((rcode(&r), r.authorities.len()), (ResponseCode::NXDomain, 0));
+    }
+    assert_eq!(front.count("nosoa.example.test"), 2, "not cached");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttls_are_clamped() {
+    let authority = Authority::start().await;
+    let front = Front::start(Ipv4Addr::new(127, 0, 0, 27), Some(authority.addr)).await;
+    let config = "[forward.cache]
+min_ttl_s = 10
+max_ttl_s = 100
+max_negative_ttl_s = 1
+";
+    let (server, _dir) = start(config, &[front.addr], &[]);
+    let r = ask(server.dns, "short.example.test", A).await;
+    assert_eq!(r.answers[0].ttl, 10, "TTL 2 raised to the minimum");
+    let r = ask(server.dns, "www.example.test", A).await;
+    assert_eq!(r.answers[0].ttl, 100, "TTL 300 cut to the maximum");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    ask(server.dns, "short.example.test", A).await;
+    assert_eq!(front.count("short.example.test"), 1, "cached for the raised TTL");
+    // Negative answers: min(SOA TTL, MINIMUM) = 2, raised to 10, then cut to max_negative_ttl_s:
+    // that clamp has the last word, so a name that appears is seen within it.
+    let r = ask(server.dns, "neg.example.test", A).await;
+    assert_eq!(rcode(&r), ResponseCode::NXDomain);
+    assert_eq!(r.authorities[0].ttl, 1, "the SOA lives as long as the negative answer");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    ask(server.dns, "neg.example.test", A).await;
+    assert_eq!(front.count("neg.example.test"), 2, "negative answers live max_negative_ttl_s");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

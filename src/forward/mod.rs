@@ -36,7 +36,6 @@ pub struct ForwardSettings {
     pub upstream: UpstreamSettings,
     pub max_entries: usize,
     pub max_bytes: usize,
-    pub max_negative_ttl: u32,
     /// How long a SERVFAIL (every upstream failed) is cached.
     pub servfail_ttl: u32,
     pub prefetch: bool,
@@ -342,11 +341,7 @@ impl Forwarder {
         let stale_s = self.settings.serve_stale.as_secs();
         let outcome = match result {
             Ok(t) => {
-                let ttl = match t.kind {
-                    Kind::Negative => t.ttl.map(|x| x.min(self.settings.max_negative_ttl)),
-                    _ => t.ttl,
-                }
-                .unwrap_or(0);
+                let ttl = t.ttl.unwrap_or(0);
                 let entry = Entry::new(t, None, now, ttl, stale_s, request.zones_generation, request.deps);
                 Outcome::Answer(if ttl > 0 {
                     self.cache.insert(&request.key, entry, now)

@@ -55,9 +55,9 @@ pub struct Template {
     /// For logs and troubleshooting: the rcode's lower 4 bits.
     pub rcode: u8,
     pub kind: Kind,
-    /// How long it may be cached by RFC 2181 and RFC 2308, before clamps: the smallest TTL of
-    /// its records, or for a negative answer min(SOA TTL, SOA MINIMUM); `None` when it must not
-    /// be cached (a negative answer without an SOA).
+    /// How long it may be cached by RFC 2181 and RFC 2308, clamped: the smallest TTL of its
+    /// records, or for a negative answer min(SOA TTL, SOA MINIMUM); `None` when it must not be
+    /// cached (a negative answer without an SOA).
     pub ttl: Option<u32>,
     /// Whether the upstream set TC.
     pub truncated: bool,
@@ -96,9 +96,18 @@ pub fn bare(question: &[u8], rcode: u8) -> Template {
     }
 }
 
-/// Reads `p` as the reply to a query with `id` and `question`, keeping records whose TTLs are
-/// clamped to `min_ttl..=max_ttl`.
-pub fn accept(p: &[u8], id: u16, question: &[u8], min_ttl: u32, max_ttl: u32) -> Result<Template, Bad> {
+/// TTL clamps applied to what upstreams send.
+#[derive(Debug, Clone, Copy)]
+pub struct Clamps {
+    pub min_ttl: u32,
+    pub max_ttl: u32,
+    /// The last word on negative answers, so a name that appears is seen within it.
+    pub max_negative_ttl: u32,
+}
+
+/// Reads `p` as the reply to a query with `id` and `question`, with TTLs clamped.
+pub fn accept(p: &[u8], id: u16, question: &[u8], clamps: Clamps) -> Result<Template, Bad> {
+    let Clamps { min_ttl, max_ttl, max_negative_ttl } = clamps;
     let flags = wire::u16_at(p, 2).ok_or(Bad::Malformed)?;
     if wire::u16_at(p, 0) != Some(id) || flags & 0x8000 == 0 || wire::u16_at(p, 4) != Some(1) {
         return Err(Bad::Mismatch);
@@ -161,11 +170,10 @@ pub fn accept(p: &[u8], id: u16, question: &[u8], min_ttl: u32, max_ttl: u32) ->
         _ => Kind::Failure,
     };
     let ttl = match kind {
-        Kind::Positive => Some(min_rr_ttl),
-        Kind::Negative => negative_ttl,
+        Kind::Positive => Some(min_rr_ttl.clamp(min_ttl, max_ttl)),
+        Kind::Negative => negative_ttl.map(|t| t.clamp(min_ttl, max_ttl).min(max_negative_ttl)),
         Kind::Failure => None,
-    }
-    .map(|t| t.clamp(min_ttl, max_ttl));
+    };
     let end = records.last().map_or(question_end, |r| r.end as usize);
     let mut bytes: Box<[u8]> = p[..end].into();
     // A negative answer's SOA lives only as long as the negative answer (RFC 2308 §3).
@@ -276,6 +284,8 @@ mod tests {
     use super::*;
     use crate::dns::wire::{CLASS_IN, TYPE_A, TYPE_SOA, encode_name, parse_query, record, soa_rdata};
 
+    const CLAMPS: Clamps = Clamps { min_ttl: 0, max_ttl: 86_400, max_negative_ttl: 3600 };
+
     fn question(name: &str, qtype: u16) -> Vec<u8> {
         let mut q = encode_name(name).unwrap();
         q.extend(qtype.to_be_bytes());
@@ -318,7 +328,7 @@ mod tests {
         let a = record(&[0xC0, 12], TYPE_A, 300, &[192, 0, 2, 1]);
         let glue = record(&encode_name("ns.example.test").unwrap(), TYPE_A, 60, &[192, 0, 2, 53]);
         let p = reply(7, 0, &q, [&[a], &[], &[glue]], true);
-        let t = accept(&p, 7, &q, 0, 86_400).unwrap();
+        let t = accept(&p, 7, &q, CLAMPS).unwrap();
         assert_eq!((t.kind, t.ttl), (Kind::Positive, Some(60)));
         let packet = client("WWW.Example.TEST", 0xBEEF, true);
         let cq = parse_query(&packet).unwrap();
@@ -344,15 +354,15 @@ mod tests {
     fn mismatched_replies_are_refused() {
         let q = question("www.example.test", TYPE_A);
         let p = reply(7, 0, &q, [&[], &[], &[]], false);
-        assert_eq!(accept(&p, 8, &q, 0, 10).unwrap_err(), Bad::Mismatch);
+        assert_eq!(accept(&p, 8, &q, CLAMPS).unwrap_err(), Bad::Mismatch);
         let other = question("xxx.example.test", TYPE_A);
-        assert_eq!(accept(&p, 7, &other, 0, 10).unwrap_err(), Bad::Mismatch);
+        assert_eq!(accept(&p, 7, &other, CLAMPS).unwrap_err(), Bad::Mismatch);
         let mut query = p.clone();
         query[2] &= 0x7F;
-        assert_eq!(accept(&query, 7, &q, 0, 10).unwrap_err(), Bad::Mismatch);
+        assert_eq!(accept(&query, 7, &q, CLAMPS).unwrap_err(), Bad::Mismatch);
         let mut short = reply(7, 0, &q, [&[record(&[0xC0, 12], TYPE_A, 1, &[1, 2, 3, 4])], &[], &[]], false);
         short.truncate(short.len() - 2);
-        assert_eq!(accept(&short, 7, &q, 0, 10).unwrap_err(), Bad::Malformed);
+        assert_eq!(accept(&short, 7, &q, CLAMPS).unwrap_err(), Bad::Malformed);
     }
 
     #[test]
@@ -360,11 +370,11 @@ mod tests {
         let q = question("nx.example.test", TYPE_A);
         let zone = encode_name("example.test").unwrap();
         let soa = record(&zone, TYPE_SOA, 3600, &soa_rdata(&zone, &zone, 1, 2, 3, 4, 120));
-        let t = accept(&reply(1, 3, &q, [&[], &[soa], &[]], false), 1, &q, 0, 86_400).unwrap();
+        let t = accept(&reply(1, 3, &q, [&[], &[soa], &[]], false), 1, &q, CLAMPS).unwrap();
         assert_eq!((t.kind, t.ttl), (Kind::Negative, Some(120)));
-        let t = accept(&reply(1, 3, &q, [&[], &[], &[]], false), 1, &q, 0, 86_400).unwrap();
+        let t = accept(&reply(1, 3, &q, [&[], &[], &[]], false), 1, &q, CLAMPS).unwrap();
         assert_eq!((t.kind, t.ttl), (Kind::Negative, None));
-        let t = accept(&reply(1, 2, &q, [&[], &[], &[]], false), 1, &q, 0, 86_400).unwrap();
+        let t = accept(&reply(1, 2, &q, [&[], &[], &[]], false), 1, &q, CLAMPS).unwrap();
         assert_eq!(t.kind, Kind::Failure);
     }
 
@@ -374,7 +384,7 @@ mod tests {
         let answers: Vec<Vec<u8>> =
             (0..20).map(|i| record(&[0xC0, 12], TYPE_A, 60, &[10, 0, 0, i])).collect();
         let glue: Vec<Vec<u8>> = (0..20).map(|i| record(&[0xC0, 12], TYPE_A, 60, &[10, 1, 0, i])).collect();
-        let t = accept(&reply(1, 0, &q, [&answers, &[], &glue], false), 1, &q, 0, 86_400).unwrap();
+        let t = accept(&reply(1, 0, &q, [&answers, &[], &glue], false), 1, &q, CLAMPS).unwrap();
         let packet = client("big.example.test", 2, false);
         let cq = parse_query(&packet).unwrap();
         let mut out = Vec::new();

@@ -30,8 +30,7 @@ pub struct UpstreamSettings {
     pub down_for: Duration,
     pub down_for_max: Duration,
     /// TTL clamps applied to what is accepted.
-    pub min_ttl: u32,
-    pub max_ttl: u32,
+    pub clamps: reply::Clamps,
 }
 
 /// What happened to tries, per upstream, for metrics and logs.
@@ -254,7 +253,7 @@ impl Upstreams {
         let mut buf = vec![0u8; 65535];
         loop {
             let n = socket.recv(&mut buf).await.map_err(|e| format!("receive failed: {e}"))?;
-            match reply::accept(&buf[..n], id, question, self.settings.min_ttl, self.settings.max_ttl) {
+            match reply::accept(&buf[..n], id, question, self.settings.clamps) {
                 Ok(t) => return Ok(t),
                 Err(Bad::Mismatch | Bad::Malformed) => {
                     upstream.stats.mismatched.fetch_add(1, Ordering::Relaxed);
@@ -283,7 +282,7 @@ impl Upstreams {
             stream.read_exact(&mut len).await.map_err(|e| format!("TCP receive failed: {e}"))?;
             let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
             stream.read_exact(&mut buf).await.map_err(|e| format!("TCP receive failed: {e}"))?;
-            match reply::accept(&buf, id, question, self.settings.min_ttl, self.settings.max_ttl) {
+            match reply::accept(&buf, id, question, self.settings.clamps) {
                 Ok(t) => return Ok(t),
                 Err(_) => {
                     upstream.stats.mismatched.fetch_add(1, Ordering::Relaxed);

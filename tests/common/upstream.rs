@@ -96,6 +96,8 @@ pub enum Mode {
     Drop,
     ServFail,
     Refused,
+    /// NXDOMAIN without an SOA (which must not be cached).
+    NxDomainWithoutSoa,
     /// First a forged reply (wrong ID, address 6.6.6.6), then the real one.
     WrongIdFirst,
     /// Over UDP: a reply with TC set and no records; over TCP: the real answer.
@@ -212,6 +214,9 @@ impl Front {
                         }
                         Mode::Refused => {
                             let _ = udp.send_to(&reply_with_rcode(&query, 5), from).await;
+                        }
+                        Mode::NxDomainWithoutSoa => {
+                            let _ = udp.send_to(&reply_with_rcode(&query, 3), from).await;
                         }
                         Mode::TruncateUdp => {
                             let mut r = reply_with_rcode(&query, 0);

@@ -15,7 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let Some(id) = wire::u16_at(data, 0) else { return };
     let Some(name_end) = wire::read_plain_name(data, wire::HEADER_LEN) else { return };
     let Some(question) = data.get(wire::HEADER_LEN..name_end + 4) else { return };
-    let Ok(template) = reply::accept(data, id, question, 0, 86_400) else { return };
+    let Ok(template) = reply::accept(data, id, question, reply::Clamps { min_ttl: 0, max_ttl: 86_400, max_negative_ttl: 3600 }) else { return };
     for edns in [false, true] {
         let mut client = vec![0xAB, 0xCD, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, edns as u8];
         client.extend_from_slice(question);
