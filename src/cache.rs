@@ -151,6 +151,25 @@ struct SlotState {
     /// then take that answer instead of asking again.
     attempted_at: Option<Instant>,
     stale: bool,
+    /// Why it is stale (`served_stale_total{reason}`).
+    stale_reason: &'static str,
+}
+
+/// Runs one backend call, counting it by operation and outcome.
+async fn timed<T>(
+    operation: &str,
+    call: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    let started = Instant::now();
+    let result = call.await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(BackendError::NotFound(_)) => "not_found",
+        Err(BackendError::Throttled(_)) => "throttled",
+        Err(_) => "error",
+    };
+    crate::metrics::get().backend(operation, outcome, started.elapsed());
+    result
 }
 
 pub fn now_ms() -> u64 {
@@ -243,9 +262,18 @@ impl ServiceSlot {
         }
     }
 
+    /// Why the data is stale, when it is.
+    pub fn stale_reason(&self) -> &'static str {
+        self.read().stale_reason
+    }
+
     /// The backend failed: keep serving what we have, marked stale, until `max_stale`.
-    fn failed(&self, max_stale: Duration) {
+    fn failed(&self, max_stale: Duration, error: &BackendError) {
         let mut st = self.write();
+        st.stale_reason = match error {
+            BackendError::Throttled(_) => "backend_throttled",
+            _ => "backend_unavailable",
+        };
         let too_old =
             st.confirmed.and_then(|c| SystemTime::now().duration_since(c).ok()).is_none_or(|a| a > max_stale);
         let changed = if too_old && st.view.is_some() {
@@ -452,7 +480,7 @@ impl Cache {
             self.zones_wanted.done(seen);
             return;
         };
-        let names = match self.backend.default_zones().await {
+        let names = match timed("ListNamespaces", self.backend.default_zones()).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list namespaces for zones");
@@ -530,7 +558,7 @@ impl Cache {
     async fn reload_catalog(&self, ns: &NamespaceState) -> bool {
         let _guard = ns.catalog_load.lock().await;
         let seen = ns.catalog_wanted.begin();
-        match self.backend.services(&ns.ns).await {
+        match timed("ListServices", self.backend.services(&ns.ns)).await {
             Ok(services) => {
                 ns.set_catalog(services.into_iter().map(|s| s.name).collect());
                 ns.catalog_wanted.done(seen);
@@ -555,7 +583,7 @@ impl Cache {
             let _guard = ns.catalog_load.lock().await;
             if ns.catalog_wanted.is_outdated() {
                 let seen = ns.catalog_wanted.begin();
-                if let Ok(services) = self.backend.services(&ns.ns).await {
+                if let Ok(services) = timed("ListServices", self.backend.services(&ns.ns)).await {
                     ns.set_catalog(services.into_iter().map(|s| s.name).collect());
                 }
                 ns.catalog_wanted.done(seen);
@@ -567,7 +595,7 @@ impl Cache {
         {
             let _guard = ns.catalog_load.lock().await;
             if ns.current_catalog().is_none() {
-                match self.backend.services(&ns.ns).await {
+                match timed("ListServices", self.backend.services(&ns.ns)).await {
                     Ok(services) => ns.set_catalog(services.into_iter().map(|s| s.name).collect()),
                     Err(BackendError::NotFound(_)) => ns.set_catalog(Vec::new()),
                     Err(e) => {
@@ -604,7 +632,7 @@ impl Cache {
     }
 
     async fn fetch_now(&self, ns: &NamespaceState, slot: &ServiceSlot) -> Result<(), BackendError> {
-        let result = self.backend.discover(&ns.ns, &slot.name).await;
+        let result = timed("DiscoverInstances", self.backend.discover(&ns.ns, &slot.name)).await;
         slot.attempted();
         match result {
             Ok(d) => {
@@ -620,7 +648,7 @@ impl Cache {
                 Err(BackendError::NotFound(m))
             }
             Err(e) => {
-                slot.failed(self.settings.max_stale);
+                slot.failed(self.settings.max_stale, &e);
                 Err(e)
             }
         }
@@ -642,7 +670,7 @@ impl Cache {
             let _ = self.fetch_locked(ns, slot).await;
             return;
         };
-        let result = self.backend.revision(&ns.ns, &slot.name).await;
+        let result = timed("DiscoverInstancesRevision", self.backend.revision(&ns.ns, &slot.name)).await;
         slot.attempted();
         match result {
             // Equality only: some servers' revisions go down or repeat.
@@ -654,7 +682,7 @@ impl Cache {
                 slot.gone();
                 self.dirty.store(true, Ordering::Release);
             }
-            Err(_) => slot.failed(self.settings.max_stale),
+            Err(e) => slot.failed(self.settings.max_stale, &e),
         }
     }
 

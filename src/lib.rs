@@ -26,5 +26,6 @@ pub mod config;
 pub mod demo;
 pub mod dns;
 pub mod forward;
+pub mod metrics;
 pub mod registry;
 pub mod zone;

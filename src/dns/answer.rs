@@ -40,8 +40,13 @@ pub struct Answer {
     pub touch: Option<Arc<AtomicU64>>,
     /// Whether the answer may be reused for other queries (troubleshooting TXT is not).
     pub cacheable: bool,
-    /// Age of the data behind it, for staleness accounting: when it was last confirmed (ms).
+    /// Age of the data behind it, for staleness accounting: when it was last confirmed with the
+    /// backend (wall-clock ms); `None` when it is always current (pushed, or not from the backend).
     pub confirmed_ms: Option<u64>,
+    /// Why it is served stale, when it is (`served_stale_total{reason}`).
+    pub stale_reason: Option<&'static str>,
+    /// Whether it falls back to unhealthy instances because none is healthy.
+    pub fail_open: bool,
 }
 
 impl Answer {
@@ -59,6 +64,8 @@ impl Answer {
             touch: None,
             cacheable: true,
             confirmed_ms: None,
+            stale_reason: None,
+            fail_open: false,
         }
     }
 

@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 
@@ -20,6 +21,7 @@ use super::wire::{self, *};
 use crate::acl::Acl;
 use crate::cache::{Cache, Lookup, now_ms};
 use crate::forward::{self, Forwarder};
+use crate::metrics::{self, CacheKind, Source};
 use crate::zone::Zone;
 use crate::zone::answer::{self as build, BuildCtx, Parsed, Status};
 
@@ -103,15 +105,18 @@ impl Engine {
         client: IpAddr,
         out: &mut Vec<u8>,
     ) -> Fast {
+        let started = Instant::now();
         let q = match wire::parse_query(packet) {
             Ok(q) => q,
             Err(Reject::Drop) => return Fast::Dropped,
             Err(Reject::FormErr { id, flags, question_end }) => {
                 wire::write_error(packet, id, flags, question_end, RCODE_FORMERR, out);
+                self.count(Source::Refused, 0, out, started);
                 return Fast::Answered;
             }
             Err(Reject::NotImp { id, flags, question_end }) => {
                 wire::write_error(packet, id, flags, question_end, RCODE_NOTIMP, out);
+                self.count(Source::Refused, 0, out, started);
                 return Fast::Answered;
             }
         };
@@ -130,12 +135,14 @@ impl Engine {
                 opt: OptOut { extended_rcode: (RCODE_BADVERS >> 4) as u8, ede: None },
             };
             wire::write_response(&q, &s, limit(&q, transport), out);
+            metrics::get().query(Source::Refused, q.qtype, metrics::RCODE_BADVERS_INDEX, started.elapsed());
             return Fast::Answered;
         }
         let zones_allowed = self.settings.allow_query.allows(client);
         let recursion_allowed = self.forwarder.is_some() && self.settings.allow_recursion.allows(client);
         if !zones_allowed && !recursion_allowed {
             Self::prohibited().write(&q, limit(&q, transport), 0, out);
+            self.count(Source::Refused, q.qtype, out, started);
             return Fast::Answered;
         }
         let mut key = [0u8; 260];
@@ -144,7 +151,9 @@ impl Engine {
             && a.is_current()
         {
             if zones_allowed || a.rcode == RCODE_REFUSED {
-                a.write(&q, limit(&q, transport), now_ms(), out);
+                let now = now_ms();
+                a.write(&q, limit(&q, transport), now, out);
+                self.count_answer(&a, q.qtype, out, now, metrics::Lookup::Hit, started);
                 return Fast::Answered;
             }
             return Fast::Miss;
@@ -155,11 +164,56 @@ impl Engine {
             let mut key = [0u8; 261];
             let n = forward::key_into(&q, &mut key);
             let zones_generation = self.cache.zones_generation.load(Ordering::Acquire);
-            if f.cached(&q, &key[..n], zones_generation, limit(&q, transport), out) {
+            if let Some(served) = f.cached(&q, &key[..n], zones_generation, limit(&q, transport), out) {
+                self.count_forwarded(served, q.qtype, out, started);
                 return Fast::Answered;
             }
         }
         Fast::Miss
+    }
+
+    /// Counts a query in `queries_total` and `request_duration_seconds`.
+    fn count(&self, source: Source, qtype: u16, response: &[u8], started: Instant) {
+        metrics::get().query(source, qtype, metrics::rcode_index(response), started.elapsed());
+    }
+
+    /// Counts an answer from the namespace side (or a REFUSED for an outside name).
+    fn count_answer(
+        &self,
+        a: &Answer,
+        qtype: u16,
+        response: &[u8],
+        now: u64,
+        lookup: metrics::Lookup,
+        started: Instant,
+    ) {
+        let m = metrics::get();
+        if a.rcode == RCODE_REFUSED {
+            return self.count(Source::Refused, qtype, response, started);
+        }
+        let age = Duration::from_millis(a.confirmed_ms.map_or(0, |c| now.saturating_sub(c)));
+        match a.stale_reason {
+            Some(reason) => {
+                m.lookup(CacheKind::Namespace, metrics::Lookup::Stale, Some(age));
+                m.stale(CacheKind::Namespace, reason);
+            }
+            None => m.lookup(CacheKind::Namespace, lookup, Some(age)),
+        }
+        if a.fail_open {
+            m.fail_open.inc();
+        }
+        self.count(Source::Namespace, qtype, response, started);
+    }
+
+    fn count_forwarded(&self, served: forward::Served, qtype: u16, response: &[u8], started: Instant) {
+        let m = metrics::get();
+        if let Some(lookup) = served.lookup {
+            m.lookup(CacheKind::Forward, lookup, Some(served.age));
+        }
+        if let Some(reason) = served.stale_reason {
+            m.stale(CacheKind::Forward, reason);
+        }
+        self.count(Source::Forward, qtype, response, started);
     }
 
     /// The full path, for whatever `answer_cached` could not answer.
@@ -170,6 +224,7 @@ impl Engine {
             Fast::Dropped => return None,
             Fast::Miss => {}
         }
+        let started = Instant::now();
         let q = wire::parse_query(packet).ok()?;
         let limit = limit(&q, transport);
         let mut lower = [0u8; 255];
@@ -180,17 +235,21 @@ impl Engine {
         let (target, deps) = match zones.find(lower) {
             _ if q.qclass != CLASS_IN && q.qclass != CLASS_ANY => {
                 self.refused().write(&q, limit, 0, &mut out);
+                self.count(Source::Refused, q.qtype, &out, started);
                 return Some(out);
             }
             Some((zone, offset)) => {
                 if !self.settings.allow_query.allows(client) {
                     Self::prohibited().write(&q, limit, 0, &mut out);
+                    self.count(Source::Refused, q.qtype, &out, started);
                     return Some(out);
                 }
                 let zone = zone.clone();
                 match self.resolve_zone(&q, lower, &zone, offset, zones_generation).await {
                     ZoneOutcome::Answer(a) => {
-                        a.write(&q, limit, now_ms(), &mut out);
+                        let now = now_ms();
+                        a.write(&q, limit, now, &mut out);
+                        self.count_answer(&a, q.qtype, &out, now, metrics::Lookup::Miss, started);
                         return Some(out);
                     }
                     ZoneOutcome::Fallthrough(deps) => {
@@ -201,6 +260,7 @@ impl Engine {
             None => {
                 if self.forwarder.is_some() && !self.settings.allow_recursion.allows(client) {
                     Self::prohibited().write(&q, limit, 0, &mut out);
+                    self.count(Source::Refused, q.qtype, &out, started);
                     return Some(out);
                 }
                 (self.forwarder.as_ref().map(|f| f.target_of(None)), Vec::new())
@@ -211,7 +271,8 @@ impl Engine {
             (Some(f), Some(target)) => {
                 let mut key = [0u8; 261];
                 let n = forward::key_into(&q, &mut key);
-                f.answer(&q, &key[..n], target, zones_generation, deps, limit, &mut out).await;
+                let served = f.answer(&q, &key[..n], target, zones_generation, deps, limit, &mut out).await;
+                self.count_forwarded(served, q.qtype, &out, started);
             }
             _ => {
                 // No upstream: the same REFUSED for every outside name, cached like an answer.
@@ -219,9 +280,15 @@ impl Engine {
                 a.deps = vec![(self.cache.zones_generation.clone(), zones_generation)];
                 let a = self.store(&q, a, false);
                 a.write(&q, limit, now_ms(), &mut out);
+                self.count(Source::Refused, q.qtype, &out, started);
             }
         }
         Some(out)
+    }
+
+    /// Entries in the answer cache (for `cache_entries{cache="namespace"}`).
+    pub fn cached_answers(&self) -> usize {
+        self.answers.len()
     }
 
     fn refused(&self) -> Answer {
@@ -299,6 +366,13 @@ impl Engine {
                                     let mut a = build::service(&ctx, &view, reserved, &rest, &status);
                                     deps.push((slot.generation.clone(), generation));
                                     a.touch = Some(slot.last_used.clone());
+                                    if !status.pushed {
+                                        a.confirmed_ms = confirmed_age
+                                            .map(|age| now_ms().saturating_sub(age.as_millis() as u64));
+                                    }
+                                    if stale {
+                                        a.stale_reason = Some(slot.stale_reason());
+                                    }
                                     a
                                 }
                                 Lookup::NotFound if fallthrough => return ZoneOutcome::Fallthrough(deps),

@@ -24,6 +24,7 @@ use self::cache::{Entry, ForwardCache};
 use self::reply::{Kind, Ttls};
 use self::upstream::{Failure, UpstreamSettings, Upstreams};
 use crate::dns::wire::{self, Query};
+use crate::metrics;
 
 /// Milliseconds on a monotonic clock: cache lifetimes must not jump with the wall clock.
 pub fn mono_ms() -> u64 {
@@ -49,15 +50,32 @@ pub struct ForwardSettings {
     pub loop_check_interval: Duration,
 }
 
-/// Counters for metrics.
-#[derive(Debug, Default)]
-pub struct ForwardStats {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    pub stale: AtomicU64,
-    pub prefetches: AtomicU64,
-    pub loops: AtomicU64,
-    pub servfails: AtomicU64,
+/// How a forwarded query was served, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct Served {
+    /// `None` when no cache was involved (a loop refused).
+    pub lookup: Option<metrics::Lookup>,
+    /// Age of the reply served.
+    pub age: Duration,
+    pub stale_reason: Option<&'static str>,
+}
+
+impl Served {
+    fn fresh(e: &Entry, now: u64, lookup: metrics::Lookup) -> Served {
+        Served {
+            lookup: Some(lookup),
+            age: Duration::from_millis(now.saturating_sub(e.stored_ms)),
+            stale_reason: None,
+        }
+    }
+
+    fn stale(e: &Entry, now: u64, reason: &'static str) -> Served {
+        Served {
+            lookup: Some(metrics::Lookup::Stale),
+            age: Duration::from_millis(now.saturating_sub(e.stored_ms)),
+            stale_reason: Some(reason),
+        }
+    }
 }
 
 /// Where forwarded names come from, each checked for loops on its own: every name outside the
@@ -99,7 +117,6 @@ pub struct Forwarder {
     probes: Mutex<HashMap<Vec<u8>, usize>>,
     probe_now: Notify,
     last_probe_ms: AtomicU64,
-    pub stats: ForwardStats,
 }
 
 /// The cache key: lower-case QNAME, QTYPE, QCLASS, and the DO and CD bits.
@@ -133,7 +150,6 @@ impl Forwarder {
             probes: Mutex::new(HashMap::new()),
             probe_now: Notify::new(),
             last_probe_ms: AtomicU64::new(0),
-            stats: ForwardStats::default(),
         }
     }
 
@@ -169,23 +185,21 @@ impl Forwarder {
         zones_generation: u64,
         limit: usize,
         out: &mut Vec<u8>,
-    ) -> bool {
-        let Some(e) = self.cache.get(key) else { return false };
+    ) -> Option<Served> {
+        let e = self.cache.get(key)?;
         if e.zones_generation.load(Ordering::Relaxed) != zones_generation || !e.deps_hold() {
-            return false;
+            return None;
         }
         let now = mono_ms();
         if e.is_fresh(now) {
             self.write(&e, q, limit, now, false, out);
-            self.stats.hits.fetch_add(1, Ordering::Relaxed);
             self.maybe_prefetch(&e, key, now);
-            true
+            Some(Served::fresh(&e, now, metrics::Lookup::Hit))
         } else if now < e.serving_stale_until_ms.load(Ordering::Relaxed) {
             self.write(&e, q, limit, now, true, out);
-            self.stats.stale.fetch_add(1, Ordering::Relaxed);
-            true
+            Some(Served::stale(&e, now, "upstream_failed"))
         } else {
-            false
+            None
         }
     }
 
@@ -210,7 +224,7 @@ impl Forwarder {
             zones_generation: e.zones_generation.load(Ordering::Relaxed),
             deps: e.deps.clone(),
         };
-        self.stats.prefetches.fetch_add(1, Ordering::Relaxed);
+        metrics::get().forward_prefetches.inc();
         let this = self.clone();
         runtime.spawn(async move {
             this.fetch(request).await;
@@ -223,7 +237,7 @@ impl Forwarder {
         let Some(&target) = probes.get(lower_qname) else { return false };
         self.targets[target].seen.store(true, Ordering::Relaxed);
         if !self.targets[target].looping.swap(true, Ordering::Relaxed) {
-            self.stats.loops.fetch_add(1, Ordering::Relaxed);
+            metrics::get().forward_loops.inc();
             tracing::error!(
                 zone = %wire::name_to_string(&self.targets[target].suffix),
                 "forwarding loop: our own probe came back to us through the upstreams; forwarded names under {} get SERVFAIL until it is fixed",
@@ -244,15 +258,15 @@ impl Forwarder {
         deps: Vec<(Arc<AtomicU64>, u64)>,
         limit: usize,
         out: &mut Vec<u8>,
-    ) {
+    ) -> Served {
         let lower_qname = &key[..q.qname.len()];
         if self.probe_returned(lower_qname) || self.targets[target].looping.load(Ordering::Relaxed) {
-            self.stats.loops.fetch_add(1, Ordering::Relaxed);
+            metrics::get().forward_loops.inc();
             let t = reply::bare(q.question, wire::RCODE_SERVFAIL);
             let ede =
                 Some((wire::EDE_OTHER, "forwarding loop detected: the upstreams send this name back to us"));
             t.write(q, limit, Ttls::Elapsed(0), ede, out);
-            return;
+            return Served { lookup: None, age: Duration::ZERO, stale_reason: None };
         }
         let now = mono_ms();
         let existing = self.cache.get(key).filter(|e| e.deps_hold());
@@ -260,17 +274,14 @@ impl Forwarder {
             if e.is_fresh(now) {
                 // Still good; it was only routed under an older zone table.
                 e.zones_generation.store(zones_generation, Ordering::Relaxed);
-                self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 self.write(e, q, limit, now, false, out);
-                return;
+                return Served::fresh(e, now, metrics::Lookup::Hit);
             }
             if now < e.serving_stale_until_ms.load(Ordering::Relaxed) {
-                self.stats.stale.fetch_add(1, Ordering::Relaxed);
                 self.write(e, q, limit, now, true, out);
-                return;
+                return Served::stale(e, now, "upstream_failed");
             }
         }
-        self.stats.misses.fetch_add(1, Ordering::Relaxed);
         let stale = existing.filter(|e| e.template.kind != Kind::Failure && e.may_serve_stale(now));
         let request = Request {
             key: key.into(),
@@ -289,23 +300,26 @@ impl Forwarder {
         };
         let now = mono_ms();
         match (outcome, stale) {
-            (Some(Outcome::Answer(e)), _) => self.write(&e, q, limit, now, false, out),
-            (Some(Outcome::Failed(_)), Some(s)) => {
-                // Serve stale, and keep doing so without asking upstream for the failure recheck time.
-                s.serving_stale_until_ms
-                    .store(now + self.settings.stale_ttl as u64 * 1000, Ordering::Relaxed);
-                self.stats.stale.fetch_add(1, Ordering::Relaxed);
-                self.write(&s, q, limit, now, true, out);
+            (Some(Outcome::Answer(e)), _) => {
+                self.write(&e, q, limit, now, false, out);
+                Served::fresh(&e, now, metrics::Lookup::Miss)
             }
-            (None, Some(s)) => {
-                self.stats.stale.fetch_add(1, Ordering::Relaxed);
+            // The flight failed: stale data (the flight also keeps it served for the recheck time).
+            (Some(Outcome::Failed(_)), Some(s)) => {
                 self.write(&s, q, limit, now, true, out);
+                Served::stale(&s, now, "upstream_failed")
+            }
+            // The upstreams are slow: stale data now; the flight goes on for later queries.
+            (None, Some(s)) => {
+                self.write(&s, q, limit, now, true, out);
+                Served::stale(&s, now, "upstream_slow")
             }
             (Some(Outcome::Failed(e)), None) => {
-                self.stats.servfails.fetch_add(1, Ordering::Relaxed);
                 self.write(&e, q, limit, now, false, out);
+                Served::fresh(&e, now, metrics::Lookup::Miss)
             }
-            (None, None) => {} // unreachable: without stale data the flight is awaited
+            // Not reached: without stale data the flight is awaited.
+            (None, None) => Served { lookup: None, age: Duration::ZERO, stale_reason: None },
         }
     }
 

@@ -9,7 +9,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,20 +32,6 @@ pub struct UpstreamSettings {
     pub clamps: reply::Clamps,
 }
 
-/// What happened to tries, per upstream, for metrics and logs.
-#[derive(Debug, Default)]
-pub struct UpstreamStats {
-    pub ok: AtomicU64,
-    pub timeout: AtomicU64,
-    pub error: AtomicU64,
-    pub servfail: AtomicU64,
-    pub refused: AtomicU64,
-    /// Replies ignored: wrong ID or question, unreadable.
-    pub mismatched: AtomicU64,
-    /// UDP replies with TC, retried over TCP.
-    pub truncated: AtomicU64,
-}
-
 #[derive(Debug)]
 struct Health {
     failures: u32,
@@ -57,11 +42,17 @@ struct Health {
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
-    pub stats: UpstreamStats,
+    /// `upstream` label of its metrics.
+    label: String,
     health: Mutex<Health>,
 }
 
 impl Upstream {
+    /// Counts a try's outcome (`upstream_requests_total{outcome}`).
+    fn count(&self, outcome: &str) {
+        crate::metrics::get().upstream(&self.label, outcome);
+    }
+
     /// Whether it is being skipped for failing.
     pub fn is_down(&self, now: Instant) -> bool {
         self.health.lock().map(|h| h.down_until.is_some_and(|t| t > now)).unwrap_or(false)
@@ -71,6 +62,7 @@ impl Upstream {
         if let Ok(mut h) = self.health.lock() {
             if h.down_until.is_some() {
                 tracing::info!(upstream = %self.addr, "upstream {} answers again", self.addr);
+                crate::metrics::get().upstream_up.with_label_values(&[&self.label]).set(1);
             }
             *h = Health { failures: 0, down_until: None, down_for: settings.down_for };
         }
@@ -84,6 +76,7 @@ impl Upstream {
                 if h.down_until.is_none_or(|t| t <= now) {
                     if h.down_until.is_none() {
                         tracing::warn!(upstream = %self.addr, reason = why, "upstream {} is failing ({why}); skipping it", self.addr);
+                        crate::metrics::get().upstream_up.with_label_values(&[&self.label]).set(0);
                     }
                     h.down_until = Some(now + h.down_for);
                     h.down_for = (h.down_for * 2).min(settings.down_for_max);
@@ -115,10 +108,14 @@ impl Upstreams {
     pub fn new(addrs: &[SocketAddr], settings: UpstreamSettings) -> Upstreams {
         let list = addrs
             .iter()
-            .map(|&addr| Upstream {
-                addr,
-                stats: UpstreamStats::default(),
-                health: Mutex::new(Health { failures: 0, down_until: None, down_for: settings.down_for }),
+            .map(|&addr| {
+                let label = addr.to_string();
+                crate::metrics::get().upstream_known(&label);
+                Upstream {
+                    addr,
+                    label,
+                    health: Mutex::new(Health { failures: 0, down_until: None, down_for: settings.down_for }),
+                }
             })
             .collect();
         Upstreams { list, settings }
@@ -164,7 +161,7 @@ impl Upstreams {
         for upstream in order.iter().cycle().take(self.settings.attempts.max(1)) {
             match self.try_one(upstream, question, dnssec_ok, checking_disabled).await {
                 Ok(t) if t.kind != Kind::Failure => {
-                    upstream.stats.ok.fetch_add(1, Ordering::Relaxed);
+                    upstream.count("ok");
                     upstream.succeeded(&self.settings);
                     return Ok(t);
                 }
@@ -172,10 +169,10 @@ impl Upstreams {
                     // SERVFAIL is about this name (a broken delegation, a DNSSEC failure), not
                     // the upstream's health; REFUSED and the rest mean it will not serve us.
                     if t.rcode == crate::dns::wire::RCODE_SERVFAIL {
-                        upstream.stats.servfail.fetch_add(1, Ordering::Relaxed);
+                        upstream.count("servfail");
                         upstream.succeeded(&self.settings);
                     } else {
-                        upstream.stats.refused.fetch_add(1, Ordering::Relaxed);
+                        upstream.count("refused");
                         upstream.failed(&self.settings, "refuses queries");
                     }
                     last = Failure::Failed(t.rcode);
@@ -205,29 +202,29 @@ impl Upstreams {
         let t = match timeout_at(deadline, self.udp(upstream, &query, id, question)).await {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
-                upstream.stats.error.fetch_add(1, Ordering::Relaxed);
+                upstream.count("error");
                 return Err(e);
             }
             Err(_) => {
-                upstream.stats.timeout.fetch_add(1, Ordering::Relaxed);
+                upstream.count("timeout");
                 return Err("timed out".into());
             }
         };
         if !t.truncated {
             return Ok(t);
         }
-        upstream.stats.truncated.fetch_add(1, Ordering::Relaxed);
+        upstream.count("truncated");
         let id: u16 = rand::random();
         let query = reply::upstream_query(id, question, dnssec_ok, checking_disabled);
         let deadline = Instant::now() + self.settings.timeout;
         match timeout_at(deadline, self.tcp(upstream, &query, id, question)).await {
             Ok(Ok(t)) => Ok(t),
             Ok(Err(e)) => {
-                upstream.stats.error.fetch_add(1, Ordering::Relaxed);
+                upstream.count("error");
                 Err(e)
             }
             Err(_) => {
-                upstream.stats.timeout.fetch_add(1, Ordering::Relaxed);
+                upstream.count("timeout");
                 Err("timed out over TCP".into())
             }
         }
@@ -256,7 +253,7 @@ impl Upstreams {
             match reply::accept(&buf[..n], id, question, self.settings.clamps) {
                 Ok(t) => return Ok(t),
                 Err(Bad::Mismatch | Bad::Malformed) => {
-                    upstream.stats.mismatched.fetch_add(1, Ordering::Relaxed);
+                    upstream.count("mismatched");
                     tracing::debug!(upstream = %upstream.addr, "ignored a reply that does not match the query");
                 }
             }
@@ -285,7 +282,7 @@ impl Upstreams {
             match reply::accept(&buf, id, question, self.settings.clamps) {
                 Ok(t) => return Ok(t),
                 Err(_) => {
-                    upstream.stats.mismatched.fetch_add(1, Ordering::Relaxed);
+                    upstream.count("mismatched");
                 }
             }
         }

@@ -420,13 +420,15 @@ pub fn service(
                 Rest::Filters(f) => f.as_slice(),
                 _ => &[],
             };
-            let (chosen, _) = select(view, filters, ctx.zone.health);
-            match ctx.qtype {
+            let (chosen, fail_open) = select(view, filters, ctx.zone.health);
+            let mut a = match ctx.qtype {
                 TYPE_A | TYPE_AAAA => addresses(ctx, &chosen, cap),
                 TYPE_SRV => srv(ctx, view, &chosen),
                 TYPE_ANY => hinfo(ctx),
                 _ => negative(ctx, RCODE_NOERROR),
-            }
+            };
+            a.fail_open = fail_open && !a.records.is_empty();
+            a
         }
         (_, Rest::Instance(label)) => match view.by_label.get(label.as_str()) {
             Some(&i) => {

@@ -1,0 +1,420 @@
+//! Every metric, defined once (PRODUCT.md §4), on our own registry, with help text and bounded
+//! label sets, every known label combination created at start so dashboards see zeros rather
+//! than missing series.
+//!
+//! The query path only touches pre-resolved handles (an atomic add, a histogram observe); no
+//! label lookup happens per query. Gauges that mirror state (cache sizes, upstream health, the
+//! backend's rate budget) are set when `/metrics` is scraped (`app`).
+
+// Metric definitions are static: one that fails to build is a programming error that every test
+// run finds (the unit test below renders them all), so `expect` is right here and nowhere else.
+#![allow(clippy::expect_used)]
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::dns::wire;
+
+/// Where an answer came from (`queries_total{source}`, `request_duration_seconds{source}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Namespace = 0,
+    Forward = 1,
+    /// Refused (access control, no upstream, another class) or not a query we answer
+    /// (FORMERR, NOTIMP, BADVERS).
+    Refused = 2,
+}
+
+const SOURCES: [&str; 3] = ["namespace", "forward", "refused"];
+const QTYPES: [(u16, &str); 14] = [
+    (wire::TYPE_A, "A"),
+    (wire::TYPE_NS, "NS"),
+    (wire::TYPE_CNAME, "CNAME"),
+    (wire::TYPE_SOA, "SOA"),
+    (12, "PTR"),
+    (15, "MX"),
+    (wire::TYPE_TXT, "TXT"),
+    (wire::TYPE_AAAA, "AAAA"),
+    (wire::TYPE_SRV, "SRV"),
+    (64, "SVCB"),
+    (65, "HTTPS"),
+    (43, "DS"),
+    (48, "DNSKEY"),
+    (wire::TYPE_ANY, "ANY"),
+];
+const QTYPE_LABELS: usize = QTYPES.len() + 1; // + "other"
+const RCODES: [&str; 8] =
+    ["NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "BADVERS", "other"];
+pub const RCODE_BADVERS_INDEX: usize = 6;
+
+/// Which cache (`cache` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheKind {
+    Namespace = 0,
+    Forward = 1,
+}
+const CACHES: [&str; 2] = ["namespace", "forward"];
+
+/// `cache_lookups_total{result}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    Hit = 0,
+    Miss = 1,
+    Stale = 2,
+}
+const RESULTS: [&str; 3] = ["hit", "miss", "stale"];
+
+/// Why stale data was served (`served_stale_total{cache, reason}`).
+pub const STALE_REASONS: [(CacheKind, &str); 4] = [
+    (CacheKind::Namespace, "backend_unavailable"),
+    (CacheKind::Namespace, "backend_throttled"),
+    (CacheKind::Forward, "upstream_failed"),
+    (CacheKind::Forward, "upstream_slow"),
+];
+
+/// Backend operations (`backend_requests_total{operation}`), as the Cloud Map API names them.
+pub const OPERATIONS: [&str; 4] =
+    ["DiscoverInstances", "DiscoverInstancesRevision", "ListServices", "ListNamespaces"];
+pub const BACKEND_OUTCOMES: [&str; 4] = ["ok", "not_found", "throttled", "error"];
+pub const UPSTREAM_OUTCOMES: [&str; 7] =
+    ["ok", "timeout", "error", "servfail", "refused", "mismatched", "truncated"];
+
+pub struct Metrics {
+    pub registry: Registry,
+    queries: Vec<IntCounter>,
+    lookups: Vec<IntCounter>,
+    staleness: Vec<Histogram>,
+    request_duration: Vec<Histogram>,
+    pub backend_requests: IntCounterVec,
+    pub backend_duration: HistogramVec,
+    pub upstream_requests: IntCounterVec,
+    pub upstream_up: IntGaugeVec,
+    pub cache_entries: IntGaugeVec,
+    pub cache_evictions: IntCounterVec,
+    pub served_stale: IntCounterVec,
+    pub fail_open: IntCounter,
+    pub backend_budget_fill: Gauge,
+    pub refresh_interval: Gauge,
+    pub active_services: IntGauge,
+    pub forward_prefetches: IntCounter,
+    pub forward_loops: IntCounter,
+}
+
+fn name(n: &str) -> String {
+    format!("cloudmap_dns_{n}")
+}
+
+fn counter_vec(r: &Registry, n: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name(n), help), labels).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn histogram_vec(r: &Registry, n: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let h =
+        HistogramVec::new(HistogramOpts::new(name(n), help).buckets(buckets), labels).expect("valid metric");
+    r.register(Box::new(h.clone())).expect("registered once");
+    h
+}
+
+fn gauge_vec(r: &Registry, n: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name(n), help), labels).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+fn counter(r: &Registry, n: &str, help: &str) -> IntCounter {
+    let c = IntCounter::with_opts(Opts::new(name(n), help)).expect("valid metric");
+    r.register(Box::new(c.clone())).expect("registered once");
+    c
+}
+
+fn gauge(r: &Registry, n: &str, help: &str) -> Gauge {
+    let g = Gauge::with_opts(Opts::new(name(n), help)).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("registered once");
+    g
+}
+
+/// 50 µs to 5 s: answers from the cache take microseconds, upstream and backend calls milliseconds.
+fn latency_buckets() -> Vec<f64> {
+    vec![
+        0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        5.0,
+    ]
+}
+
+/// 0 (pushed, just confirmed) to a day (max-stale).
+fn age_buckets() -> Vec<f64> {
+    vec![0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 21600.0, 86400.0]
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        {
+            let r = Registry::new();
+            let queries_vec = counter_vec(
+                &r,
+                "queries_total",
+                "DNS queries answered, by source, query type and rcode.",
+                &["source", "qtype", "rcode"],
+            );
+            let mut queries = Vec::new();
+            for s in SOURCES {
+                for q in QTYPES.iter().map(|(_, l)| *l).chain(["other"]) {
+                    for rc in RCODES {
+                        queries.push(queries_vec.with_label_values(&[s, q, rc]));
+                    }
+                }
+            }
+            let lookups_vec = counter_vec(
+                &r,
+                "cache_lookups_total",
+                "Cache lookups by cache and result: hit (answered from the cache), miss (had to ask the backend or an upstream, or build the answer), stale (served past freshness because the backend or upstreams failed).",
+                &["cache", "result"],
+            );
+            let mut lookups = Vec::new();
+            for c in CACHES {
+                for res in RESULTS {
+                    lookups.push(lookups_vec.with_label_values(&[c, res]));
+                }
+            }
+            let staleness_vec = histogram_vec(
+                &r,
+                "answer_staleness_seconds",
+                "Age of the data behind each answer: since it was last confirmed with the backend (0 when pushed by the embedded registry), or since the upstream sent it.",
+                &["cache"],
+                age_buckets(),
+            );
+            let staleness = CACHES.iter().map(|c| staleness_vec.with_label_values(&[c])).collect();
+            let duration_vec = histogram_vec(
+                &r,
+                "request_duration_seconds",
+                "Time from reading a query to its response being ready, by source.",
+                &["source"],
+                latency_buckets(),
+            );
+            let request_duration = SOURCES.iter().map(|s| duration_vec.with_label_values(&[s])).collect();
+            let backend_requests = counter_vec(
+                &r,
+                "backend_requests_total",
+                "Calls to the backend (AWS Cloud Map, or the embedded registry in process), by operation and outcome.",
+                &["operation", "outcome"],
+            );
+            let backend_duration = histogram_vec(
+                &r,
+                "backend_request_duration_seconds",
+                "Duration of backend calls, by operation (including time waiting for the rate budget).",
+                &["operation"],
+                latency_buckets(),
+            );
+            for op in OPERATIONS {
+                backend_duration.with_label_values(&[op]);
+                for o in BACKEND_OUTCOMES {
+                    backend_requests.with_label_values(&[op, o]);
+                }
+            }
+            let upstream_requests = counter_vec(
+                &r,
+                "upstream_requests_total",
+                "Tries sent to upstream resolvers, by upstream and outcome (mismatched: replies ignored for a wrong ID or question; truncated: retried over TCP).",
+                &["upstream", "outcome"],
+            );
+            let upstream_up = gauge_vec(
+                &r,
+                "upstream_up",
+                "1 while an upstream is in use, 0 while it is skipped for failing.",
+                &["upstream"],
+            );
+            let cache_entries = gauge_vec(&r, "cache_entries", "Entries held, by cache.", &["cache"]);
+            let cache_evictions = counter_vec(
+                &r,
+                "cache_evictions_total",
+                "Entries evicted to stay within the cache's bounds.",
+                &["cache"],
+            );
+            let served_stale = counter_vec(
+                &r,
+                "served_stale_total",
+                "Answers served from stale data, by cache and reason.",
+                &["cache", "reason"],
+            );
+            for c in CACHES {
+                cache_entries.with_label_values(&[c]);
+                cache_evictions.with_label_values(&[c]);
+            }
+            for (c, reason) in STALE_REASONS {
+                served_stale.with_label_values(&[CACHES[c as usize], reason]);
+            }
+            let fail_open = counter_vec(
+                &r,
+                "fail_open_total",
+                "Answers that fell back to every instance because none was healthy (HEALTHY_OR_ELSE_ALL), by reason.",
+                &["reason"],
+            )
+            .with_label_values(&["no_healthy_instances"]);
+            let backend_budget_fill = gauge(
+                &r,
+                "backend_rate_budget_fill_ratio",
+                "How full the Cloud Map rate budget is: 1 = a full second's burst available, 0 = calls wait (aws backend; 1 for embedded).",
+            );
+            let refresh_interval = gauge(
+                &r,
+                "backend_refresh_interval_seconds",
+                "Effective re-validation interval of active services: refresh-ms, stretched when the rate budget is short (0 when the backend pushes changes).",
+            );
+            let active_services = IntGauge::with_opts(Opts::new(
+                name("backend_active_services"),
+                "Services being kept fresh (asked for within the idle timeout).",
+            ))
+            .expect("valid metric");
+            r.register(Box::new(active_services.clone())).expect("registered once");
+            let forward_prefetches = counter(
+                &r,
+                "forward_prefetches_total",
+                "Forward cache entries refreshed before they expired.",
+            );
+            let forward_loops = counter(
+                &r,
+                "forward_loops_total",
+                "Forwarding loops found (our probe came back), and queries answered SERVFAIL because of one.",
+            );
+            #[cfg(target_os = "linux")]
+            {
+                let _ = r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
+            }
+            Metrics {
+                registry: r,
+                queries,
+                lookups,
+                staleness,
+                request_duration,
+                backend_requests,
+                backend_duration,
+                upstream_requests,
+                upstream_up,
+                cache_entries,
+                cache_evictions,
+                served_stale,
+                fail_open,
+                backend_budget_fill,
+                refresh_interval,
+                active_services,
+                forward_prefetches,
+                forward_loops,
+            }
+        }
+    }
+
+    /// Counts one answered query.
+    pub fn query(&self, source: Source, qtype: u16, rcode_index: usize, elapsed: Duration) {
+        let q = QTYPES.iter().position(|(t, _)| *t == qtype).unwrap_or(QTYPES.len());
+        let i = ((source as usize) * QTYPE_LABELS + q) * RCODES.len() + rcode_index.min(RCODES.len() - 1);
+        if let Some(c) = self.queries.get(i) {
+            c.inc();
+        }
+        if let Some(h) = self.request_duration.get(source as usize) {
+            h.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    pub fn lookup(&self, cache: CacheKind, result: Lookup, age: Option<Duration>) {
+        if let Some(c) = self.lookups.get(cache as usize * RESULTS.len() + result as usize) {
+            c.inc();
+        }
+        if let (Some(age), Some(h)) = (age, self.staleness.get(cache as usize)) {
+            h.observe(age.as_secs_f64());
+        }
+    }
+
+    pub fn stale(&self, cache: CacheKind, reason: &str) {
+        self.served_stale.with_label_values(&[CACHES[cache as usize], reason]).inc();
+    }
+
+    pub fn backend(&self, operation: &str, outcome: &str, elapsed: Duration) {
+        self.backend_requests.with_label_values(&[operation, outcome]).inc();
+        self.backend_duration.with_label_values(&[operation]).observe(elapsed.as_secs_f64());
+    }
+
+    /// Creates the series of one upstream at zero.
+    pub fn upstream_known(&self, upstream: &str) {
+        for o in UPSTREAM_OUTCOMES {
+            self.upstream_requests.with_label_values(&[upstream, o]);
+        }
+        self.upstream_up.with_label_values(&[upstream]).set(1);
+    }
+
+    pub fn upstream(&self, upstream: &str, outcome: &str) {
+        self.upstream_requests.with_label_values(&[upstream, outcome]).inc();
+    }
+
+    pub fn set_entries(&self, cache: CacheKind, n: usize) {
+        self.cache_entries.with_label_values(&[CACHES[cache as usize]]).set(n as i64);
+    }
+
+    /// Brings the evictions counter up to `total` (kept as an atomic where evictions happen).
+    pub fn set_evictions(&self, cache: CacheKind, total: u64) {
+        let c = self.cache_evictions.with_label_values(&[CACHES[cache as usize]]);
+        let now = c.get();
+        if total > now {
+            c.inc_by(total - now);
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+/// The rcode label index of a response's header (BADVERS is passed explicitly: it lives in OPT).
+pub fn rcode_index(response: &[u8]) -> usize {
+    response.get(3).map_or(RCODES.len() - 1, |b| ((b & 0x0F) as usize).min(RCODES.len() - 1))
+}
+
+/// The process's metrics.
+pub fn get() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_family_is_present_at_zero_and_named_by_convention() {
+        let text = get().render();
+        for family in [
+            "queries_total",
+            "cache_lookups_total",
+            "answer_staleness_seconds",
+            "backend_requests_total",
+            "backend_request_duration_seconds",
+            "cache_entries",
+            "request_duration_seconds",
+            "served_stale_total",
+            "fail_open_total",
+            "cache_evictions_total",
+        ] {
+            assert!(text.contains(&format!("# TYPE cloudmap_dns_{family} ")), "{family} missing");
+        }
+        // Prometheus conventions: snake_case, counters end in _total, units in the name.
+        for line in text.lines().filter(|l| l.starts_with("# TYPE cloudmap_dns_")) {
+            let mut parts = line.split_whitespace().skip(2);
+            let (n, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{n}");
+            match kind {
+                "counter" => assert!(n.ends_with("_total"), "{n}"),
+                "histogram" => assert!(n.ends_with("_seconds"), "{n}"),
+                _ => assert!(!n.ends_with("_total"), "{n}"),
+            }
+        }
+    }
+}
