@@ -6,10 +6,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::AtomicBool;
+
 use anyhow::Context;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::acl::Acl;
+use crate::admin::{self, Admin};
 use crate::backend::aws::{Aws, AwsSettings};
 use crate::backend::embedded::Embedded;
 use crate::backend::{Backend, NamespaceRef};
@@ -121,12 +125,32 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
             max_cached_answers: config.dns.max_cached_answers,
             allow_query: Acl::new(&config.dns.allow_query),
             allow_recursion: Acl::new(&config.forward.allow_recursion),
+            query_log: config.log.queries,
         },
     ));
     let listeners = Listeners::bind(&config.dns.listen)
         .await
         .with_context(|| format!("cannot listen for DNS on {:?}", config.dns.listen))?;
     let dns_addrs = listeners.addrs();
+    let admin_listener = TcpListener::bind(config.metrics.listen)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {}", config.metrics.listen))?;
+    let admin_addr = admin_listener.local_addr()?;
+    tracing::info!(addr = %admin_addr, "listening for metrics on {admin_addr}");
+    // /healthz answers from now on; /readyz once the DNS listeners serve and the snapshot is in.
+    let ready = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let admin = tokio::spawn(admin::serve(
+        admin_listener,
+        Admin { engine: engine.clone(), ready: ready.clone() },
+        stopped(),
+    ));
     if config.backend.kind == BackendKind::Aws && config.dns.zones.is_empty() {
         tracing::warn!("the aws backend serves configured zones only, and none is configured (--zone)");
     }
@@ -135,7 +159,7 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     cache.start().await;
     server::spawn(
         listeners,
-        engine,
+        engine.clone(),
         ServerSettings {
             tcp_idle_timeout: Duration::from_millis(config.dns.tcp_idle_timeout_ms),
             tcp_max_connections: config.dns.tcp_max_connections,
@@ -148,21 +172,35 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
         }
         tokio::spawn(f.maintain());
     }
-    print_banner(&config, &dns_addrs, registry_api.as_ref().map(|(_, _, a)| *a), options.demo);
-    let shutdown = shutdown_signal();
-    match registry_api {
-        Some((registry, api, _)) => {
-            tokio::spawn(registry.clone().run_health_timer());
-            registry::api::serve(api, registry, shutdown).await.context("Cloud Map API server failed")?;
+    // Listeners bound and serving, the snapshot (if any) loaded by `cache.start`: ready.
+    ready.store(true, std::sync::atomic::Ordering::Release);
+    print_banner(&config, &dns_addrs, registry_api.as_ref().map(|(_, _, a)| *a), admin_addr, options.demo);
+    let api = registry_api.map(|(registry, api, _)| {
+        tokio::spawn(registry.clone().run_health_timer());
+        tokio::spawn(registry::api::serve(api, registry, stopped()))
+    });
+    shutdown_signal().await;
+    let _ = stop_tx.send(true);
+    if let Some(api) = api {
+        match api.await {
+            Ok(Err(e)) => tracing::error!(error = %e, "Cloud Map API server failed"),
+            Err(e) => tracing::error!(error = %e, "Cloud Map API server panicked"),
+            Ok(Ok(())) => {}
         }
-        None => shutdown.await,
     }
+    let _ = admin.await;
     cache.flush().await;
     tracing::info!("stopped");
     Ok(())
 }
 
-fn print_banner(config: &Config, dns: &[SocketAddr], api: Option<SocketAddr>, demo: bool) {
+fn print_banner(
+    config: &Config,
+    dns: &[SocketAddr],
+    api: Option<SocketAddr>,
+    metrics: SocketAddr,
+    demo: bool,
+) {
     println!(
         "cloudmap-dns {} is running ({} backend)",
         env!("CARGO_PKG_VERSION"),
@@ -176,6 +214,10 @@ fn print_banner(config: &Config, dns: &[SocketAddr], api: Option<SocketAddr>, de
     }
     if let Some(api) = api {
         println!("  Cloud Map API (embedded registry): http://{api}   data: {}", config.data_dir.display());
+    }
+    println!("  metrics: http://{metrics}/metrics   health: /healthz /readyz");
+    for u in &config.forward.upstreams {
+        println!("  forwarding other names to: {u}");
     }
     println!("  try it:");
     if let Some(addr) = dns.first() {

@@ -103,6 +103,9 @@ pub struct ServiceSlot {
     pub generation: Arc<AtomicU64>,
     /// Milliseconds since the epoch of the last query that used this service.
     pub last_used: Arc<AtomicU64>,
+    /// When the backend last confirmed the data (wall-clock ms, 0 = never): answers built from it
+    /// read it when served, for `answer_staleness_seconds`.
+    pub confirmed_ms: Arc<AtomicU64>,
     /// Serialises fetches: concurrent misses share one call, and a later fetch never loses to an
     /// earlier one.
     load: tokio::sync::Mutex<()>,
@@ -187,6 +190,7 @@ impl ServiceSlot {
             state: RwLock::new(SlotState::default()),
             generation: Arc::new(AtomicU64::new(1)),
             last_used: Arc::new(AtomicU64::new(now_ms())),
+            confirmed_ms: Arc::new(AtomicU64::new(0)),
             load: tokio::sync::Mutex::new(()),
             refreshing: AtomicBool::new(false),
             wanted: Outdated::default(),
@@ -234,6 +238,7 @@ impl ServiceSlot {
         st.not_found = false;
         st.stale = false;
         st.confirmed = Some(SystemTime::now());
+        self.confirmed_ms.store(now_ms(), Ordering::Relaxed);
         st.discovered_at = Some(Instant::now());
         drop(st);
         if changed {
@@ -245,6 +250,7 @@ impl ServiceSlot {
     fn confirm(&self) {
         let mut st = self.write();
         st.confirmed = Some(SystemTime::now());
+        self.confirmed_ms.store(now_ms(), Ordering::Relaxed);
         let was_stale = std::mem::replace(&mut st.stale, false);
         drop(st);
         if was_stale {
@@ -256,6 +262,7 @@ impl ServiceSlot {
         let mut st = self.write();
         let changed = !st.not_found;
         *st = SlotState { not_found: true, confirmed: Some(SystemTime::now()), ..SlotState::default() };
+        self.confirmed_ms.store(now_ms(), Ordering::Relaxed);
         drop(st);
         if changed {
             bump(&self.generation);
@@ -411,6 +418,11 @@ impl Cache {
         let active = self.active.load(Ordering::Relaxed) as f64;
         let needed = Duration::from_secs_f64(active / self.settings.rate_limit.max(0.001));
         self.settings.refresh.max(needed)
+    }
+
+    /// How full the backend's rate budget is (0..=1), if it has one.
+    pub fn budget_fill(&self) -> Option<f64> {
+        self.backend.budget_fill()
     }
 
     pub fn active_services(&self) -> usize {
@@ -823,6 +835,7 @@ impl Cache {
                 let mut st = slot.write();
                 st.confirmed = s.confirmed_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
                 st.discovered_at = None;
+                slot.confirmed_ms.store(s.confirmed_ms.unwrap_or(0), Ordering::Relaxed);
                 services += 1;
             }
         }

@@ -40,6 +40,9 @@ pub struct ServeArgs {
     /// DNS over UDP and TCP (repeatable) [default: 127.0.0.1:5353]
     #[arg(long, value_name = "ADDR:PORT")]
     pub dns_listen: Vec<SocketAddr>,
+    /// Prometheus /metrics, /healthz and /readyz [default: 127.0.0.1:9153]
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Where instances come from [default: embedded]
     #[arg(long, value_enum)]
     pub backend: Option<BackendKind>,
@@ -82,6 +85,9 @@ pub struct ServeArgs {
     /// Log level or tracing filter [default: info]
     #[arg(long, value_name = "LEVEL")]
     pub log_level: Option<String>,
+    /// Log every query: client, name, type, rcode, source, latency
+    #[arg(long)]
+    pub log_queries: bool,
 }
 
 impl ServeArgs {
@@ -105,6 +111,12 @@ impl ServeArgs {
         }
         if let Some(v) = self.backend {
             config.backend.kind = v;
+        }
+        if let Some(v) = self.metrics_listen {
+            config.metrics.listen = v;
+        }
+        if self.log_queries {
+            config.log.queries = true;
         }
         if let Some(v) = &self.endpoint_url {
             config.backend.endpoint_url = Some(v.clone());

@@ -24,7 +24,21 @@ pub struct Config {
     pub backend: BackendConfig,
     pub registry: RegistryConfig,
     pub forward: ForwardConfig,
+    pub metrics: MetricsConfig,
     pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// `/metrics`, `/healthz` and `/readyz`.
+    pub listen: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: SocketAddr::from(([127, 0, 0, 1], 9153)) }
+    }
 }
 
 impl Default for Config {
@@ -36,6 +50,7 @@ impl Default for Config {
             backend: BackendConfig::default(),
             registry: RegistryConfig::default(),
             forward: ForwardConfig::default(),
+            metrics: MetricsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -360,11 +375,13 @@ pub struct LogConfig {
     pub format: LogFormat,
     /// A tracing filter: `info`, `debug`, or per target (`cloudmap_dns=debug,info`).
     pub level: String,
+    /// Log every query (client, name, type, rcode, source, latency) at info, for troubleshooting.
+    pub queries: bool,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: LogFormat::Text, level: "info".into() }
+        LogConfig { format: LogFormat::Text, level: "info".into(), queries: false }
     }
 }
 

@@ -13,11 +13,13 @@
 //! - [`dns`]: the wire format, the listeners, and the engine that routes each query to a
 //!   namespace zone or to [`forward`], the caching forwarder for every other name.
 //! - [`acl`]: who may query the zones and who may use the forwarder.
+//! - [`metrics`] and [`admin`]: every Prometheus metric, and `/metrics`, `/healthz`, `/readyz`.
 //! - [`demo`]: the `--demo` seed data.
 
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod acl;
+pub mod admin;
 pub mod app;
 pub mod backend;
 pub mod cache;

@@ -373,6 +373,14 @@ impl Metrics {
     }
 }
 
+pub fn rcode_label(index: usize) -> &'static str {
+    RCODES.get(index).copied().unwrap_or("other")
+}
+
+pub fn source_label(source: Source) -> &'static str {
+    SOURCES[source as usize]
+}
+
 /// The rcode label index of a response's header (BADVERS is passed explicitly: it lives in OPT).
 pub fn rcode_index(response: &[u8]) -> usize {
     response.get(3).map_or(RCODES.len() - 1, |b| ((b & 0x0F) as usize).min(RCODES.len() - 1))

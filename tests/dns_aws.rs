@@ -207,6 +207,18 @@ async fn throttling_backs_off_within_the_budget_and_serves_stale() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(stale_seen, "answers are marked stale (EDE 3)");
+    let stale = server.metric(
+        "cloudmap_dns_served_stale_total",
+        &[("cache", "namespace"), ("reason", "backend_throttled")],
+    );
+    assert!(stale > 0.0, "the stale counters move");
+    let throttled = server.metric(
+        "cloudmap_dns_backend_requests_total",
+        &[("operation", "DiscoverInstancesRevision"), ("outcome", "throttled")],
+    );
+    assert!(throttled > 0.0, "throttled calls are counted");
+    let fill = server.metric("cloudmap_dns_backend_rate_budget_fill_ratio", &[]);
+    assert!((0.0..=1.0).contains(&fill), "{fill}");
     let calls: Vec<Instant> = proxy.calls().iter().filter(|c| c.at >= start).map(|c| c.at).collect();
     let elapsed = start.elapsed().as_secs_f64();
     println!("{} calls in {elapsed:.1} s under throttling", calls.len());
@@ -239,9 +251,34 @@ async fn outages_serve_stale_and_the_snapshot_survives_a_restart() {
     let snapshot = tmp.path().join("data/dns-cache.json");
     common::until(Duration::from_secs(5), || snapshot.exists()).await;
 
+    // While fresh, every answer's data is younger than a second (re-validated every 200 ms).
+    let older_than_1s = |server: &Server| {
+        let (_, text) = server.http_get("/metrics");
+        let count = common::metric_in(
+            &text,
+            "cloudmap_dns_answer_staleness_seconds_count",
+            &[("cache", "namespace")],
+        );
+        let young = common::metric_in(
+            &text,
+            "cloudmap_dns_answer_staleness_seconds_bucket",
+            &[("cache", "namespace"), ("le", "1")],
+        );
+        count - young
+    };
+    let before = older_than_1s(&server);
     proxy.set(Mode::Down);
     common::until(Duration::from_secs(5), || dns::ede(&ask(&server, "web.lab.example")) == Some(3)).await;
+    std::thread::sleep(Duration::from_millis(1200));
     let m = ask(&server, "web.lab.example");
+    assert!(older_than_1s(&server) > before, "the staleness histogram moves when the backend is gone");
+    let stale = server.metric(
+        "cloudmap_dns_served_stale_total",
+        &[("cache", "namespace"), ("reason", "backend_unavailable")],
+    );
+    assert!(stale > 0.0);
+    let m2 = ask(&server, "web.lab.example");
+    assert_eq!(dns::ede(&m2), Some(3));
     assert_eq!(dns::a(&m).len(), 2, "the last known good data");
     assert!(m.answers.iter().all(|r| r.ttl > 0));
 
@@ -285,6 +322,8 @@ async fn a_short_budget_stretches_the_refresh_interval() {
     let strings: Vec<String> = dns::txt(&m).into_iter().flatten().collect();
     assert!(strings.contains(&"refresh=1000ms".to_string()), "{strings:?}");
     assert!(strings.contains(&"backend=aws".to_string()), "{strings:?}");
+    assert_eq!(server.metric("cloudmap_dns_backend_refresh_interval_seconds", &[]), 1.0, "and in the metrics");
+    assert_eq!(server.metric("cloudmap_dns_backend_active_services", &[]), 2.0);
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
     let revisions = proxy.count("DiscoverInstancesRevision", "", start);

@@ -262,6 +262,10 @@ impl Backend for Aws {
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
         None
     }
+
+    fn budget_fill(&self) -> Option<f64> {
+        Some(self.budget.fill())
+    }
 }
 
 /// One token bucket for every call to Cloud Map, with a shared back-off after throttling.
@@ -302,6 +306,14 @@ impl Budget {
             at
         };
         tokio::time::sleep_until(at).await;
+    }
+
+    /// The share of the one-second burst available now: 1 = calls go at once, 0 = they wait
+    /// (the budget is spent, or backing off after throttling).
+    pub fn fill(&self) -> f64 {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if s.next >= now { 0.0 } else { (now - s.next).as_secs_f64().min(1.0) }
     }
 
     pub fn throttled(&self) {

@@ -86,4 +86,9 @@ pub trait Backend: Send + Sync + 'static {
     fn observe(&self, _observer: crate::registry::Observer) -> bool {
         false
     }
+
+    /// How full its rate budget is (0..=1), if calls are rate limited.
+    fn budget_fill(&self) -> Option<f64> {
+        None
+    }
 }

@@ -40,9 +40,10 @@ pub struct Answer {
     pub touch: Option<Arc<AtomicU64>>,
     /// Whether the answer may be reused for other queries (troubleshooting TXT is not).
     pub cacheable: bool,
-    /// Age of the data behind it, for staleness accounting: when it was last confirmed with the
-    /// backend (wall-clock ms); `None` when it is always current (pushed, or not from the backend).
-    pub confirmed_ms: Option<u64>,
+    /// Age of the data behind it, for staleness accounting: when the backend last confirmed it
+    /// (wall-clock ms, kept by its cache slot); `None` when it is always current (pushed by the
+    /// embedded registry, or not from the backend).
+    pub confirmed_ms: Option<Arc<AtomicU64>>,
     /// Why it is served stale, when it is (`served_stale_total{reason}`).
     pub stale_reason: Option<&'static str>,
     /// Whether it falls back to unhealthy instances because none is healthy.

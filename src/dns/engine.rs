@@ -49,6 +49,8 @@ pub struct EngineSettings {
     pub allow_query: Acl,
     /// Who may have other names forwarded.
     pub allow_recursion: Acl,
+    /// Log every query at info.
+    pub query_log: bool,
 }
 
 /// What the namespace side makes of a name in one of its zones.
@@ -62,6 +64,8 @@ enum ZoneOutcome {
 pub struct Engine {
     cache: Arc<Cache>,
     answers: DashMap<Box<[u8]>, Arc<Answer>>,
+    /// Answers dropped to stay within `max_cached_answers`.
+    evicted: AtomicU64,
     forwarder: Option<Arc<Forwarder>>,
     settings: EngineSettings,
     /// SOA serial: the start time, so it moves when a restart may have changed anything.
@@ -85,7 +89,14 @@ fn limit(q: &Query, transport: Transport) -> usize {
 
 impl Engine {
     pub fn new(cache: Arc<Cache>, forwarder: Option<Arc<Forwarder>>, settings: EngineSettings) -> Engine {
-        Engine { cache, answers: DashMap::new(), forwarder, settings, serial: (now_ms() / 1000) as u32 }
+        Engine {
+            cache,
+            answers: DashMap::new(),
+            evicted: AtomicU64::new(0),
+            forwarder,
+            settings,
+            serial: (now_ms() / 1000) as u32,
+        }
     }
 
     pub fn forwarder(&self) -> Option<&Arc<Forwarder>> {
@@ -111,12 +122,12 @@ impl Engine {
             Err(Reject::Drop) => return Fast::Dropped,
             Err(Reject::FormErr { id, flags, question_end }) => {
                 wire::write_error(packet, id, flags, question_end, RCODE_FORMERR, out);
-                self.count(Source::Refused, 0, out, started);
+                self.count(Source::Refused, None, client, out, started);
                 return Fast::Answered;
             }
             Err(Reject::NotImp { id, flags, question_end }) => {
                 wire::write_error(packet, id, flags, question_end, RCODE_NOTIMP, out);
-                self.count(Source::Refused, 0, out, started);
+                self.count(Source::Refused, None, client, out, started);
                 return Fast::Answered;
             }
         };
@@ -142,7 +153,7 @@ impl Engine {
         let recursion_allowed = self.forwarder.is_some() && self.settings.allow_recursion.allows(client);
         if !zones_allowed && !recursion_allowed {
             Self::prohibited().write(&q, limit(&q, transport), 0, out);
-            self.count(Source::Refused, q.qtype, out, started);
+            self.count(Source::Refused, Some(&q), client, out, started);
             return Fast::Answered;
         }
         let mut key = [0u8; 260];
@@ -153,7 +164,7 @@ impl Engine {
             if zones_allowed || a.rcode == RCODE_REFUSED {
                 let now = now_ms();
                 a.write(&q, limit(&q, transport), now, out);
-                self.count_answer(&a, q.qtype, out, now, metrics::Lookup::Hit, started);
+                self.count_answer(&a, &q, client, out, now, metrics::Lookup::Hit, started);
                 return Fast::Answered;
             }
             return Fast::Miss;
@@ -165,23 +176,40 @@ impl Engine {
             let n = forward::key_into(&q, &mut key);
             let zones_generation = self.cache.zones_generation.load(Ordering::Acquire);
             if let Some(served) = f.cached(&q, &key[..n], zones_generation, limit(&q, transport), out) {
-                self.count_forwarded(served, q.qtype, out, started);
+                self.count_forwarded(served, &q, client, out, started);
                 return Fast::Answered;
             }
         }
         Fast::Miss
     }
 
-    /// Counts a query in `queries_total` and `request_duration_seconds`.
-    fn count(&self, source: Source, qtype: u16, response: &[u8], started: Instant) {
-        metrics::get().query(source, qtype, metrics::rcode_index(response), started.elapsed());
+    /// Counts a query in `queries_total` and `request_duration_seconds`, and logs it when the
+    /// query log is on.
+    fn count(&self, source: Source, q: Option<&Query>, client: IpAddr, response: &[u8], started: Instant) {
+        let elapsed = started.elapsed();
+        let rcode = metrics::rcode_index(response);
+        metrics::get().query(source, q.map_or(0, |q| q.qtype), rcode, elapsed);
+        if self.settings.query_log {
+            tracing::info!(
+                target: "cloudmap_dns::query",
+                %client,
+                name = %q.map_or_else(|| "-".into(), |q| wire::name_to_string(q.qname)),
+                qtype = q.map_or(0, |q| q.qtype),
+                rcode = metrics::rcode_label(rcode),
+                source = metrics::source_label(source),
+                latency_us = elapsed.as_micros() as u64,
+                "query"
+            );
+        }
     }
 
     /// Counts an answer from the namespace side (or a REFUSED for an outside name).
+    #[allow(clippy::too_many_arguments)]
     fn count_answer(
         &self,
         a: &Answer,
-        qtype: u16,
+        q: &Query,
+        client: IpAddr,
         response: &[u8],
         now: u64,
         lookup: metrics::Lookup,
@@ -189,9 +217,12 @@ impl Engine {
     ) {
         let m = metrics::get();
         if a.rcode == RCODE_REFUSED {
-            return self.count(Source::Refused, qtype, response, started);
+            return self.count(Source::Refused, Some(q), client, response, started);
         }
-        let age = Duration::from_millis(a.confirmed_ms.map_or(0, |c| now.saturating_sub(c)));
+        let age = match &a.confirmed_ms {
+            Some(c) => Duration::from_millis(now.saturating_sub(c.load(Ordering::Relaxed))),
+            None => Duration::ZERO,
+        };
         match a.stale_reason {
             Some(reason) => {
                 m.lookup(CacheKind::Namespace, metrics::Lookup::Stale, Some(age));
@@ -202,10 +233,17 @@ impl Engine {
         if a.fail_open {
             m.fail_open.inc();
         }
-        self.count(Source::Namespace, qtype, response, started);
+        self.count(Source::Namespace, Some(q), client, response, started);
     }
 
-    fn count_forwarded(&self, served: forward::Served, qtype: u16, response: &[u8], started: Instant) {
+    fn count_forwarded(
+        &self,
+        served: forward::Served,
+        q: &Query,
+        client: IpAddr,
+        response: &[u8],
+        started: Instant,
+    ) {
         let m = metrics::get();
         if let Some(lookup) = served.lookup {
             m.lookup(CacheKind::Forward, lookup, Some(served.age));
@@ -213,7 +251,7 @@ impl Engine {
         if let Some(reason) = served.stale_reason {
             m.stale(CacheKind::Forward, reason);
         }
-        self.count(Source::Forward, qtype, response, started);
+        self.count(Source::Forward, Some(q), client, response, started);
     }
 
     /// The full path, for whatever `answer_cached` could not answer.
@@ -235,13 +273,13 @@ impl Engine {
         let (target, deps) = match zones.find(lower) {
             _ if q.qclass != CLASS_IN && q.qclass != CLASS_ANY => {
                 self.refused().write(&q, limit, 0, &mut out);
-                self.count(Source::Refused, q.qtype, &out, started);
+                self.count(Source::Refused, Some(&q), client, &out, started);
                 return Some(out);
             }
             Some((zone, offset)) => {
                 if !self.settings.allow_query.allows(client) {
                     Self::prohibited().write(&q, limit, 0, &mut out);
-                    self.count(Source::Refused, q.qtype, &out, started);
+                    self.count(Source::Refused, Some(&q), client, &out, started);
                     return Some(out);
                 }
                 let zone = zone.clone();
@@ -249,7 +287,7 @@ impl Engine {
                     ZoneOutcome::Answer(a) => {
                         let now = now_ms();
                         a.write(&q, limit, now, &mut out);
-                        self.count_answer(&a, q.qtype, &out, now, metrics::Lookup::Miss, started);
+                        self.count_answer(&a, &q, client, &out, now, metrics::Lookup::Miss, started);
                         return Some(out);
                     }
                     ZoneOutcome::Fallthrough(deps) => {
@@ -260,7 +298,7 @@ impl Engine {
             None => {
                 if self.forwarder.is_some() && !self.settings.allow_recursion.allows(client) {
                     Self::prohibited().write(&q, limit, 0, &mut out);
-                    self.count(Source::Refused, q.qtype, &out, started);
+                    self.count(Source::Refused, Some(&q), client, &out, started);
                     return Some(out);
                 }
                 (self.forwarder.as_ref().map(|f| f.target_of(None)), Vec::new())
@@ -272,7 +310,7 @@ impl Engine {
                 let mut key = [0u8; 261];
                 let n = forward::key_into(&q, &mut key);
                 let served = f.answer(&q, &key[..n], target, zones_generation, deps, limit, &mut out).await;
-                self.count_forwarded(served, q.qtype, &out, started);
+                self.count_forwarded(served, &q, client, &out, started);
             }
             _ => {
                 // No upstream: the same REFUSED for every outside name, cached like an answer.
@@ -280,7 +318,7 @@ impl Engine {
                 a.deps = vec![(self.cache.zones_generation.clone(), zones_generation)];
                 let a = self.store(&q, a, false);
                 a.write(&q, limit, now_ms(), &mut out);
-                self.count(Source::Refused, q.qtype, &out, started);
+                self.count(Source::Refused, Some(&q), client, &out, started);
             }
         }
         Some(out)
@@ -289,6 +327,10 @@ impl Engine {
     /// Entries in the answer cache (for `cache_entries{cache="namespace"}`).
     pub fn cached_answers(&self) -> usize {
         self.answers.len()
+    }
+
+    pub fn evicted_answers(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     fn refused(&self) -> Answer {
@@ -367,8 +409,7 @@ impl Engine {
                                     deps.push((slot.generation.clone(), generation));
                                     a.touch = Some(slot.last_used.clone());
                                     if !status.pushed {
-                                        a.confirmed_ms = confirmed_age
-                                            .map(|age| now_ms().saturating_sub(age.as_millis() as u64));
+                                        a.confirmed_ms = Some(slot.confirmed_ms.clone());
                                     }
                                     if stale {
                                         a.stale_reason = Some(slot.stale_reason());
@@ -397,10 +438,12 @@ impl Engine {
                 // Full: drop what is outdated; if that frees too little (a flood of new names),
                 // start over. Answers are rebuilt from the namespace cache without backend calls,
                 // and this happens at most once per `max_cached_answers` insertions.
+                let before = self.answers.len();
                 self.answers.retain(|_, a| a.is_current());
                 if self.answers.len() >= self.settings.max_cached_answers * 9 / 10 {
                     self.answers.clear();
                 }
+                self.evicted.fetch_add((before - self.answers.len()) as u64, Ordering::Relaxed);
             }
             let mut key = [0u8; 260];
             let n = key_into(q, &mut key);

@@ -24,6 +24,8 @@ pub struct Server {
     /// The registry API (embedded backend); unset for the aws backend.
     pub api: SocketAddr,
     pub dns: SocketAddr,
+    /// `/metrics`, `/healthz`, `/readyz`.
+    pub metrics: SocketAddr,
     pub data_dir: PathBuf,
     /// Every line the server logged so far.
     pub log: Arc<Mutex<Vec<String>>>,
@@ -49,7 +51,15 @@ impl Server {
             .env("AWS_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .arg("serve")
-            .args(["--api-listen", "127.0.0.1:0", "--dns-listen", "127.0.0.1:0", "--log-level", "info"])
+            .args([
+                "--api-listen",
+                "127.0.0.1:0",
+                "--dns-listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
+            .args(["--log-level", "info"])
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
@@ -66,22 +76,24 @@ impl Server {
             let addr_after = |line: &str, marker: &str| {
                 line.split(marker).nth(1)?.split_whitespace().next()?.parse::<SocketAddr>().ok()
             };
-            let mut api = None;
+            let (mut api, mut dns) = (None, None);
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 api = api.or(addr_after(&line, "listening for Cloud Map API on "));
-                // The DNS listeners are bound last: once they are, the server is up.
-                if let Some(dns) = addr_after(&line, "listening for DNS on UDP ") {
-                    let _ = tx.send(Some((api, dns)));
+                dns = dns.or(addr_after(&line, "listening for DNS on UDP "));
+                // The metrics listener is bound last: once it is, the server is up.
+                if let (Some(dns), Some(metrics)) = (dns, addr_after(&line, "listening for metrics on ")) {
+                    let _ = tx.send(Some((api, dns, metrics)));
                 }
                 sink.lock().unwrap().push(line);
             }
             let _ = tx.send(None);
         });
         match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(Some((api, dns))) => Ok(Server {
+            Ok(Some((api, dns, metrics))) => Ok(Server {
                 child,
                 api: api.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
                 dns,
+                metrics,
                 data_dir: data_dir.to_path_buf(),
                 log,
                 _tmp: None,
@@ -93,6 +105,25 @@ impl Server {
                 Err(format!("exit {status:?}; log:\n{}", log.lock().unwrap().join("\n")))
             }
         }
+    }
+
+    /// GET on the metrics listener: (status, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(self.metrics).expect("connect to metrics");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (status, body)
+    }
+
+    /// The value of the series `name{labels}` in `/metrics` (labels in any order); 0 if absent.
+    pub fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, body) = self.http_get("/metrics");
+        metric_in(&body, name, labels)
     }
 
     pub fn endpoint(&self) -> String {
@@ -174,4 +205,30 @@ pub async fn namespace_of(c: &sd::Client, operation_id: Option<&str>) -> String 
 pub async fn http_namespace(c: &sd::Client, name: &str) -> String {
     let op = c.create_http_namespace().name(name).send().await.unwrap();
     namespace_of(c, op.operation_id()).await
+}
+
+/// The value of the series `name{labels}` in a Prometheus text exposition (labels in any
+/// order, all of them given); 0 if absent.
+pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut want: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+    want.sort();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else { continue };
+        let (n, mut got) = match series.split_once('{') {
+            Some((n, rest)) => (
+                n,
+                rest.trim_end_matches('}')
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect::<Vec<_>>(),
+            ),
+            None => (series, Vec::new()),
+        };
+        got.sort();
+        if n == name && got == want {
+            return value.parse().unwrap_or(0.0);
+        }
+    }
+    0.0
 }
