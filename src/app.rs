@@ -27,6 +27,9 @@ use crate::forward::Forwarder;
 use crate::registry::{self, Registry};
 use crate::zone::Zone;
 
+/// How long SIGTERM waits for queries in flight (at most one upstream or backend round trip).
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
 pub struct Options {
     pub demo: bool,
 }
@@ -157,7 +160,7 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
 
     // Phase two: spawn and serve.
     cache.start().await;
-    server::spawn(
+    let serving = server::spawn(
         listeners,
         engine.clone(),
         ServerSettings {
@@ -180,6 +183,11 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
         tokio::spawn(registry::api::serve(api, registry, stopped()))
     });
     shutdown_signal().await;
+    // Drain: stop reading and accepting, answer what is in flight, then stop the rest.
+    let unanswered = serving.drain(DRAIN_GRACE).await;
+    if unanswered > 0 {
+        tracing::warn!(unanswered, "stopping with queries still in flight after {DRAIN_GRACE:?}");
+    }
     let _ = stop_tx.send(true);
     if let Some(api) = api {
         match api.await {

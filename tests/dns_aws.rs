@@ -322,7 +322,11 @@ async fn a_short_budget_stretches_the_refresh_interval() {
     let strings: Vec<String> = dns::txt(&m).into_iter().flatten().collect();
     assert!(strings.contains(&"refresh=1000ms".to_string()), "{strings:?}");
     assert!(strings.contains(&"backend=aws".to_string()), "{strings:?}");
-    assert_eq!(server.metric("cloudmap_dns_backend_refresh_interval_seconds", &[]), 1.0, "and in the metrics");
+    assert_eq!(
+        server.metric("cloudmap_dns_backend_refresh_interval_seconds", &[]),
+        1.0,
+        "and in the metrics"
+    );
     assert_eq!(server.metric("cloudmap_dns_backend_active_services", &[]), 2.0);
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;

@@ -502,3 +502,25 @@ async fn fallthrough_forwards_what_the_namespace_does_not_know() {
     assert!(r.metadata.authoritative);
     assert_eq!(front.count("www.example.test"), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_answers_queries_in_flight_then_exits_cleanly() {
+    let authority = Authority::start().await;
+    let front = Front::start(Ipv4Addr::new(127, 0, 0, 28), Some(authority.addr)).await;
+    front.set_delay(Duration::from_millis(800));
+    let (mut server, _dir) = start("", &[front.addr], &[]);
+    let dns = server.dns;
+    let pending = tokio::spawn(async move {
+        udp_from(ip("127.0.0.1"), dns, &query("www.example.test", A), Duration::from_secs(5)).await
+    });
+    let front2 = front.clone();
+    common::until(Duration::from_secs(5), move || front2.count("www.example.test") == 1).await;
+    // SAFETY: sends a signal to our own child process.
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGTERM) };
+    let r = pending.await.unwrap().expect("the query in flight is answered");
+    assert_eq!(a(&parse(&r)), [Ipv4Addr::new(192, 0, 2, 1)]);
+    let status = server.child.wait().unwrap();
+    assert!(status.success(), "exit 0 after draining: {status:?}");
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(server.log.lock().unwrap().iter().any(|l| l.contains("stopped")));
+}

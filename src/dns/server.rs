@@ -5,14 +5,19 @@
 //! TCP (RFC 7766): queries on a connection are read as they come (pipelining) and answered
 //! concurrently, possibly out of order; a connection idle for `tcp_idle_timeout` is closed, and at
 //! most `tcp_max_connections` are open at once (further ones wait in the accept queue).
+//!
+//! `Serving::drain` stops it: sockets stop reading and accepting, and it waits for the queries
+//! already in flight to be answered.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{Semaphore, mpsc};
+
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::Instrument;
 
 use super::engine::{Engine, Fast, Transport};
@@ -88,22 +93,91 @@ async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)
     }
 }
 
+/// Queries being answered off the socket's task (misses, TCP queries).
+#[derive(Default)]
+struct InFlight {
+    n: AtomicUsize,
+    idle: Notify,
+}
+
+struct InFlightGuard(Arc<InFlight>);
+
+impl InFlight {
+    fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.n.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(self.clone())
+    }
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// The running listeners.
+pub struct Serving {
+    stop: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    inflight: Arc<InFlight>,
+}
+
+impl Serving {
+    /// Stops reading and accepting, then waits (at most `grace`) for queries in flight. Returns
+    /// how many were still unanswered when the grace ran out.
+    pub async fn drain(self, grace: Duration) -> usize {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let idle = self.inflight.idle.notified();
+            let n = self.inflight.n.load(Ordering::Acquire);
+            if n == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, idle).await.is_err() {
+                return self.inflight.n.load(Ordering::Acquire);
+            }
+        }
+    }
+}
+
 pub fn spawn(
     listeners: Listeners,
     engine: Arc<Engine>,
     settings: ServerSettings,
     limiter: Option<Arc<RateLimiter>>,
-) {
+) -> Serving {
+    let (stop, stopped) = watch::channel(false);
+    let inflight = Arc::new(InFlight::default());
+    let mut tasks = Vec::new();
     for socket in listeners.udp {
-        tokio::spawn(serve_udp(Arc::new(socket), engine.clone(), limiter.clone()));
+        let io = (Arc::new(socket), stopped.clone(), inflight.clone());
+        tasks.push(tokio::spawn(serve_udp(io, engine.clone(), limiter.clone())));
     }
     let connections = Arc::new(Semaphore::new(settings.tcp_max_connections));
     for listener in listeners.tcp {
-        tokio::spawn(serve_tcp(listener, engine.clone(), settings.clone(), connections.clone()));
+        let io = (stopped.clone(), inflight.clone());
+        tasks.push(tokio::spawn(serve_tcp(
+            listener,
+            io,
+            engine.clone(),
+            settings.clone(),
+            connections.clone(),
+        )));
     }
+    Serving { stop, tasks, inflight }
 }
 
-async fn serve_udp(socket: Arc<UdpSocket>, engine: Arc<Engine>, limiter: Option<Arc<RateLimiter>>) {
+async fn serve_udp(
+    (socket, mut stopped, inflight): (Arc<UdpSocket>, watch::Receiver<bool>, Arc<InFlight>),
+    engine: Arc<Engine>,
+    limiter: Option<Arc<RateLimiter>>,
+) {
     // On a wildcard address, replies must leave from the address each query came to.
     let wildcard = socket.local_addr().is_ok_and(|a| a.ip().is_unspecified());
     if wildcard && let Err(e) = super::pktinfo::enable(&socket) {
@@ -112,10 +186,16 @@ async fn serve_udp(socket: Arc<UdpSocket>, engine: Arc<Engine>, limiter: Option<
     let mut buf = vec![0u8; 65535];
     let mut out = Vec::with_capacity(1232);
     loop {
-        let received = if wildcard {
-            super::pktinfo::recv(&socket, &mut buf).await
-        } else {
-            socket.recv_from(&mut buf).await.map(|(n, peer)| (n, peer, None))
+        let receive = async {
+            if wildcard {
+                super::pktinfo::recv(&socket, &mut buf).await
+            } else {
+                socket.recv_from(&mut buf).await.map(|(n, peer)| (n, peer, None))
+            }
+        };
+        let received = tokio::select! {
+            r = receive => r,
+            _ = stopped.wait_for(|s| *s) => return,
         };
         let (len, peer, local) = match received {
             Ok(r) => r,
@@ -136,6 +216,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, engine: Arc<Engine>, limiter: Option<
             Fast::Miss => {
                 let packet = packet.to_vec();
                 let (socket, engine, limiter) = (socket.clone(), engine.clone(), limiter.clone());
+                let guard = inflight.enter();
                 let span = tracing::debug_span!("query", %peer, transport = "udp");
                 tokio::spawn(
                     async move {
@@ -144,6 +225,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, engine: Arc<Engine>, limiter: Option<
                         {
                             let _ = reply(&socket, &response, peer, local).await;
                         }
+                        drop(guard);
                     }
                     .instrument(span),
                 );
@@ -166,13 +248,21 @@ async fn reply(
 
 async fn serve_tcp(
     listener: TcpListener,
+    (mut stopped, inflight): (watch::Receiver<bool>, Arc<InFlight>),
     engine: Arc<Engine>,
     settings: ServerSettings,
     connections: Arc<Semaphore>,
 ) {
     loop {
-        let Ok(permit) = connections.clone().acquire_owned().await else { return };
-        let (stream, peer) = match listener.accept().await {
+        let permit = tokio::select! {
+            p = connections.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 tracing::debug!(error = %e, "TCP accept failed");
@@ -182,14 +272,21 @@ async fn serve_tcp(
         };
         let engine = engine.clone();
         let idle = settings.tcp_idle_timeout;
+        let io = (stopped.clone(), inflight.clone());
         tokio::spawn(async move {
-            serve_connection(stream, peer, engine, idle).await;
+            serve_connection(stream, peer, io, engine, idle).await;
             drop(permit);
         });
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, engine: Arc<Engine>, idle: Duration) {
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    (mut stopped, inflight): (watch::Receiver<bool>, Arc<InFlight>),
+    engine: Arc<Engine>,
+    idle: Duration,
+) {
     let _ = stream.set_nodelay(true);
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
@@ -204,7 +301,11 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, engine: Arc<Engin
     });
     loop {
         let mut len = [0u8; 2];
-        match tokio::time::timeout(idle, reader.read_exact(&mut len)).await {
+        let read = tokio::select! {
+            r = tokio::time::timeout(idle, reader.read_exact(&mut len)) => r,
+            _ = stopped.wait_for(|s| *s) => break, // draining: answer what was read, take no more
+        };
+        match read {
             Ok(Ok(_)) => {}
             _ => break, // idle, closed, or reset
         }
@@ -216,11 +317,13 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, engine: Arc<Engin
         }
         let (engine, tx) = (engine.clone(), tx.clone());
         let span = tracing::debug_span!("query", %peer, transport = "tcp");
+        let guard = inflight.enter();
         tokio::spawn(
             async move {
                 if let Some(response) = engine.answer(&packet, Transport::Tcp, peer.ip()).await {
                     let _ = tx.send(response).await;
                 }
+                drop(guard);
             }
             .instrument(span),
         );
