@@ -524,3 +524,22 @@ async fn sigterm_answers_queries_in_flight_then_exits_cleanly() {
     std::thread::sleep(Duration::from_millis(100));
     assert!(server.log.lock().unwrap().iter().any(|l| l.contains("stopped")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loop_probes_refused_by_an_authoritative_upstream_do_not_mark_it_down() {
+    // hickory's authority refuses the probe's random name (outside its zone) every second.
+    let authority = Authority::start().await;
+    let config = "[forward]\ndown_after_failures = 1\nloop_check_interval_s = 1\n";
+    let (server, _dir) = start(config, &[authority.addr], &[]);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let upstream = authority.addr.to_string();
+    assert!(
+        server.metric(
+            "cloudmap_dns_upstream_requests_total",
+            &[("upstream", &upstream), ("outcome", "refused")]
+        ) >= 2.0
+    );
+    assert_eq!(server.metric("cloudmap_dns_upstream_up", &[("upstream", &upstream)]), 1.0, "still in use");
+    let r = ask(server.dns, "www.example.test", A).await;
+    assert_eq!(a(&r), [Ipv4Addr::new(192, 0, 2, 1)]);
+}

@@ -445,7 +445,7 @@ impl Forwarder {
             let mut question = name.clone();
             question.extend_from_slice(&wire::TYPE_HINFO.to_be_bytes());
             question.extend_from_slice(&wire::CLASS_IN.to_be_bytes());
-            let _ = self.upstreams.resolve(&question, false, false).await;
+            let _ = self.upstreams.probe(&question).await;
         }
         if let Ok(mut probes) = self.probes.lock() {
             for (i, name) in &names {

@@ -153,6 +153,22 @@ impl Upstreams {
         dnssec_ok: bool,
         checking_disabled: bool,
     ) -> Result<Template, Failure> {
+        self.resolve_as(question, dnssec_ok, checking_disabled, true).await
+    }
+
+    /// A loop probe: as `resolve`, but what happens does not change the upstreams' health (an
+    /// authoritative-only upstream rightly refuses a random name outside its zones).
+    pub async fn probe(&self, question: &[u8]) -> Result<Template, Failure> {
+        self.resolve_as(question, false, false, false).await
+    }
+
+    async fn resolve_as(
+        &self,
+        question: &[u8],
+        dnssec_ok: bool,
+        checking_disabled: bool,
+        track_health: bool,
+    ) -> Result<Template, Failure> {
         let order = self.order();
         if order.is_empty() {
             return Err(Failure::NoUpstream);
@@ -162,7 +178,9 @@ impl Upstreams {
             match self.try_one(upstream, question, dnssec_ok, checking_disabled).await {
                 Ok(t) if t.kind != Kind::Failure => {
                     upstream.count("ok");
-                    upstream.succeeded(&self.settings);
+                    if track_health {
+                        upstream.succeeded(&self.settings);
+                    }
                     return Ok(t);
                 }
                 Ok(t) => {
@@ -170,15 +188,21 @@ impl Upstreams {
                     // the upstream's health; REFUSED and the rest mean it will not serve us.
                     if t.rcode == crate::dns::wire::RCODE_SERVFAIL {
                         upstream.count("servfail");
-                        upstream.succeeded(&self.settings);
+                        if track_health {
+                            upstream.succeeded(&self.settings);
+                        }
                     } else {
                         upstream.count("refused");
-                        upstream.failed(&self.settings, "refuses queries");
+                        if track_health {
+                            upstream.failed(&self.settings, "refuses queries");
+                        }
                     }
                     last = Failure::Failed(t.rcode);
                 }
                 Err(why) => {
-                    upstream.failed(&self.settings, &why);
+                    if track_health {
+                        upstream.failed(&self.settings, &why);
+                    }
                     if !matches!(last, Failure::Failed(_)) {
                         last = Failure::Unreachable(format!("{}: {why}", upstream.addr));
                     }
@@ -196,28 +220,32 @@ impl Upstreams {
         dnssec_ok: bool,
         checking_disabled: bool,
     ) -> Result<Template, String> {
-        let deadline = Instant::now() + self.settings.timeout;
-        let id: u16 = rand::random();
-        let query = reply::upstream_query(id, question, dnssec_ok, checking_disabled);
-        let t = match timeout_at(deadline, self.udp(upstream, &query, id, question)).await {
-            Ok(Ok(t)) => t,
-            Ok(Err(e)) => {
-                upstream.count("error");
-                return Err(e);
-            }
-            Err(_) => {
-                upstream.count("timeout");
-                return Err("timed out".into());
-            }
-        };
+        let t = self.exchange(upstream, question, dnssec_ok, checking_disabled, false).await?;
         if !t.truncated {
             return Ok(t);
         }
         upstream.count("truncated");
+        self.exchange(upstream, question, dnssec_ok, checking_disabled, true).await
+    }
+
+    /// One query with a fresh ID over UDP or TCP, within the timeout.
+    async fn exchange(
+        &self,
+        upstream: &Upstream,
+        question: &[u8],
+        dnssec_ok: bool,
+        checking_disabled: bool,
+        tcp: bool,
+    ) -> Result<Template, String> {
+        let deadline = Instant::now() + self.settings.timeout;
         let id: u16 = rand::random();
         let query = reply::upstream_query(id, question, dnssec_ok, checking_disabled);
-        let deadline = Instant::now() + self.settings.timeout;
-        match timeout_at(deadline, self.tcp(upstream, &query, id, question)).await {
+        let result = if tcp {
+            timeout_at(deadline, self.tcp(upstream, &query, id, question)).await
+        } else {
+            timeout_at(deadline, self.udp(upstream, &query, id, question)).await
+        };
+        match result {
             Ok(Ok(t)) => Ok(t),
             Ok(Err(e)) => {
                 upstream.count("error");
@@ -225,7 +253,7 @@ impl Upstreams {
             }
             Err(_) => {
                 upstream.count("timeout");
-                Err("timed out over TCP".into())
+                Err(if tcp { "timed out over TCP" } else { "timed out" }.into())
             }
         }
     }
