@@ -105,6 +105,7 @@ fn harness() -> &'static Harness {
             max_cached_answers: 1000,
             allow_query: Acl::new(&acl::loopback()),
             allow_recursion: Acl::new(&acl::loopback()),
+            query_log: false,
         };
         let engine = Engine::new(cache, None, settings);
         Harness { runtime, engine }
