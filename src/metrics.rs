@@ -97,6 +97,8 @@ pub struct Metrics {
     pub cache_entries: IntGaugeVec,
     pub cache_evictions: IntCounterVec,
     pub served_stale: IntCounterVec,
+    /// `served_stale` resolved for each of `STALE_REASONS`: stale answers are counted per query.
+    served_stale_by_reason: Vec<IntCounter>,
     pub fail_open: IntCounter,
     pub backend_budget_fill: Gauge,
     pub refresh_interval: Gauge,
@@ -247,9 +249,10 @@ impl Metrics {
                 cache_entries.with_label_values(&[c]);
                 cache_evictions.with_label_values(&[c]);
             }
-            for (c, reason) in STALE_REASONS {
-                served_stale.with_label_values(&[CACHES[c as usize], reason]);
-            }
+            let served_stale_by_reason = STALE_REASONS
+                .iter()
+                .map(|(c, reason)| served_stale.with_label_values(&[CACHES[*c as usize], reason]))
+                .collect();
             let fail_open = counter_vec(
                 &r,
                 "fail_open_total",
@@ -300,6 +303,7 @@ impl Metrics {
                 cache_entries,
                 cache_evictions,
                 served_stale,
+                served_stale_by_reason,
                 fail_open,
                 backend_budget_fill,
                 refresh_interval,
@@ -332,7 +336,10 @@ impl Metrics {
     }
 
     pub fn stale(&self, cache: CacheKind, reason: &str) {
-        self.served_stale.with_label_values(&[CACHES[cache as usize], reason]).inc();
+        match STALE_REASONS.iter().position(|(c, r)| *c == cache && *r == reason) {
+            Some(i) => self.served_stale_by_reason[i].inc(),
+            None => self.served_stale.with_label_values(&[CACHES[cache as usize], reason]).inc(),
+        }
     }
 
     pub fn backend(&self, operation: &str, outcome: &str, elapsed: Duration) {

@@ -72,14 +72,6 @@ pub struct Engine {
     serial: u32,
 }
 
-/// The answer cache key: lower-cased QNAME, QTYPE, QCLASS.
-fn key_into(q: &Query, buf: &mut [u8; 260]) -> usize {
-    let n = wire::lower_name_into(q.qname, &mut buf[..255]);
-    buf[n..n + 2].copy_from_slice(&q.qtype.to_be_bytes());
-    buf[n + 2..n + 4].copy_from_slice(&q.qclass.to_be_bytes());
-    n + 4
-}
-
 fn limit(q: &Query, transport: Transport) -> usize {
     match transport {
         Transport::Udp => q.udp_limit(),
@@ -156,8 +148,8 @@ impl Engine {
             self.count(Source::Refused, Some(&q), client, out, started);
             return Fast::Answered;
         }
-        let mut key = [0u8; 260];
-        let n = key_into(&q, &mut key);
+        let mut key = [0u8; KEY_ROOM];
+        let n = wire::key_into(&q, &mut key);
         if let Some(a) = self.answers.get(&key[..n])
             && a.is_current()
         {
@@ -172,10 +164,10 @@ impl Engine {
         if let Some(f) = &self.forwarder
             && recursion_allowed
         {
-            let mut key = [0u8; 261];
-            let n = forward::key_into(&q, &mut key);
+            // The same key, plus the forward cache's byte: the name is lower-cased once.
+            key[n] = forward::key_flags(&q);
             let zones_generation = self.cache.zones_generation.load(Ordering::Acquire);
-            if let Some(served) = f.cached(&q, &key[..n], zones_generation, limit(&q, transport), out) {
+            if let Some(served) = f.cached(&q, &key[..n + 1], zones_generation, limit(&q, transport), out) {
                 self.count_forwarded(served, &q, client, out, started);
                 return Fast::Answered;
             }
@@ -307,7 +299,7 @@ impl Engine {
         drop(zones);
         match (&self.forwarder, target) {
             (Some(f), Some(target)) => {
-                let mut key = [0u8; 261];
+                let mut key = [0u8; KEY_ROOM];
                 let n = forward::key_into(&q, &mut key);
                 let served = f.answer(&q, &key[..n], target, zones_generation, deps, limit, &mut out).await;
                 self.count_forwarded(served, &q, client, &out, started);
@@ -445,8 +437,8 @@ impl Engine {
                 }
                 self.evicted.fetch_add((before - self.answers.len()) as u64, Ordering::Relaxed);
             }
-            let mut key = [0u8; 260];
-            let n = key_into(q, &mut key);
+            let mut key = [0u8; KEY_ROOM];
+            let n = wire::key_into(q, &mut key);
             self.answers.insert(Box::from(&key[..n]), answer.clone());
         }
         answer

@@ -61,7 +61,12 @@ impl RateLimiter {
     pub fn check(&self, ip: IpAddr, now_ms: u64) -> Verdict {
         let rate = self.settings.responses_per_second as f64;
         if self.buckets.len() >= MAX_TRACKED {
+            // Forget idle networks; if that frees too little (a flood from that many networks at
+            // once), start over, so this runs at most once per MAX_TRACKED / 10 new networks.
             self.buckets.retain(|_, b| now_ms.saturating_sub(b.last_ms) < 1000);
+            if self.buckets.len() >= MAX_TRACKED * 9 / 10 {
+                self.buckets.clear();
+            }
         }
         let mut b = self.buckets.entry(self.network(ip)).or_insert(Bucket { tokens: rate, last_ms: now_ms });
         let elapsed = now_ms.saturating_sub(b.last_ms) as f64 / 1000.0;

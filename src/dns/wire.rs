@@ -242,6 +242,18 @@ pub fn lower_name_into(qname: &[u8], out: &mut [u8]) -> usize {
     n
 }
 
+/// Room for a cache key: a name, type and class, and one byte more for callers that add one.
+pub const KEY_ROOM: usize = 255 + 4 + 1;
+
+/// A cache key for `q`: lower-cased QNAME, QTYPE, QCLASS. Returns its length; the byte after it
+/// is free for a caller's own distinction (the forward cache's DO and CD bits).
+pub fn key_into(q: &Query, buf: &mut [u8; KEY_ROOM]) -> usize {
+    let n = lower_name_into(q.qname, &mut buf[..255]);
+    buf[n..n + 2].copy_from_slice(&q.qtype.to_be_bytes());
+    buf[n + 2..n + 4].copy_from_slice(&q.qclass.to_be_bytes());
+    n + 4
+}
+
 /// The labels of a wire name, in order (leftmost first).
 pub fn labels(name: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();

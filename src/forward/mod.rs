@@ -119,13 +119,17 @@ pub struct Forwarder {
     last_probe_ms: AtomicU64,
 }
 
-/// The cache key: lower-case QNAME, QTYPE, QCLASS, and the DO and CD bits.
-pub fn key_into(q: &Query, buf: &mut [u8; 261]) -> usize {
-    let n = wire::lower_name_into(q.qname, &mut buf[..255]);
-    buf[n..n + 2].copy_from_slice(&q.qtype.to_be_bytes());
-    buf[n + 2..n + 4].copy_from_slice(&q.qclass.to_be_bytes());
-    buf[n + 4] = q.edns.is_some_and(|e| e.dnssec_ok) as u8 | (q.checking_disabled() as u8) << 1;
-    n + 5
+/// The forward cache's key is `wire::key_into`'s followed by this byte: the DO and CD bits
+/// change what upstreams send.
+pub fn key_flags(q: &Query) -> u8 {
+    q.edns.is_some_and(|e| e.dnssec_ok) as u8 | (q.checking_disabled() as u8) << 1
+}
+
+/// The forward cache key of `q`.
+pub fn key_into(q: &Query, buf: &mut [u8; wire::KEY_ROOM]) -> usize {
+    let n = wire::key_into(q, buf);
+    buf[n] = key_flags(q);
+    n + 1
 }
 
 impl Forwarder {

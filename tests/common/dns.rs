@@ -182,18 +182,23 @@ pub async fn ask(server: SocketAddr, name: &str, qtype: u16) -> Message {
     parse(&r.expect("a UDP response"))
 }
 
-/// One query over TCP, parsed.
-pub async fn ask_tcp(server: SocketAddr, packet: &[u8]) -> Message {
+/// One message over TCP; `None` if the connection fails or closes before a response.
+pub async fn tcp_raw(server: SocketAddr, packet: &[u8]) -> Option<Vec<u8>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(server).await.expect("connect");
+    let mut s = tokio::net::TcpStream::connect(server).await.ok()?;
     let mut framed = (packet.len() as u16).to_be_bytes().to_vec();
     framed.extend_from_slice(packet);
-    s.write_all(&framed).await.expect("send");
+    s.write_all(&framed).await.ok()?;
     let mut len = [0u8; 2];
-    s.read_exact(&mut len).await.expect("length");
+    s.read_exact(&mut len).await.ok()?;
     let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf).await.expect("response");
-    parse(&buf)
+    s.read_exact(&mut buf).await.ok()?;
+    Some(buf)
+}
+
+/// One query over TCP, parsed.
+pub async fn ask_tcp(server: SocketAddr, packet: &[u8]) -> Message {
+    parse(&tcp_raw(server, packet).await.expect("a TCP response"))
 }
 
 /// The text of the Extended DNS Error, if any.

@@ -15,7 +15,7 @@ use hickory_server::Server;
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, UdpSocket};
 
 /// The zone the authority serves, and what is in it.
 pub const ZONE: &str = "example.test.";
@@ -155,24 +155,11 @@ fn reply_with_rcode(query: &[u8], rcode: u8) -> Vec<u8> {
 }
 
 async fn exchange_udp(target: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
-    let s = UdpSocket::bind("127.0.0.1:0").await.ok()?;
-    s.send_to(query, target).await.ok()?;
-    let mut buf = vec![0u8; 65535];
-    let n = tokio::time::timeout(Duration::from_secs(5), s.recv(&mut buf)).await.ok()?.ok()?;
-    buf.truncate(n);
-    Some(buf)
+    super::dns::udp_from(Ipv4Addr::LOCALHOST.into(), target, query, Duration::from_secs(5)).await
 }
 
 async fn exchange_tcp(target: SocketAddr, query: &[u8]) -> Option<Vec<u8>> {
-    let mut s = TcpStream::connect(target).await.ok()?;
-    let mut framed = (query.len() as u16).to_be_bytes().to_vec();
-    framed.extend_from_slice(query);
-    s.write_all(&framed).await.ok()?;
-    let mut len = [0u8; 2];
-    s.read_exact(&mut len).await.ok()?;
-    let mut buf = vec![0u8; u16::from_be_bytes(len) as usize];
-    s.read_exact(&mut buf).await.ok()?;
-    Some(buf)
+    super::dns::tcp_raw(target, query).await
 }
 
 impl Front {
