@@ -1,6 +1,7 @@
 //! Start-up and shutdown. Phase one builds and binds everything (the backend, the registry and
 //! its API, the DNS sockets), so a bad address or a bad data dir fails before anything serves;
-//! phase two spawns the servers and waits for SIGINT or SIGTERM, then writes the cache snapshot.
+//! phase two spawns the servers, reloads the config on SIGHUP (`reload`), and on SIGINT or
+//! SIGTERM drains the listeners and writes the cache snapshot.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,6 +10,7 @@ use std::time::Duration;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::Context;
+use arc_swap::ArcSwapOption;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -21,10 +23,11 @@ use crate::cache::{Cache, CacheSettings, ZoneSource};
 use crate::config::{BackendKind, Config};
 use crate::dns::engine::{Engine, EngineSettings};
 use crate::dns::ratelimit::RateLimiter;
-use crate::dns::server::{self, Listeners, ServerSettings};
+use crate::dns::server::{self, Listeners, ServerSettings, SharedLimiter};
 use crate::dns::wire;
 use crate::forward::Forwarder;
 use crate::registry::{self, Registry};
+use crate::reload::{self, Live, LoadConfig, SetLogLevel};
 use crate::zone::Zone;
 
 /// How long SIGTERM waits for queries in flight (at most one upstream or backend round trip).
@@ -32,10 +35,15 @@ const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 pub struct Options {
     pub demo: bool,
+    /// Reads the config again for SIGHUP (the file with the command line laid over it); `None`
+    /// leaves SIGHUP to its default action.
+    pub reload: Option<LoadConfig>,
+    /// Sets the log filter when a reload changes `log.level`.
+    pub set_log_level: Option<SetLogLevel>,
 }
 
 /// The zones the config names, and the template for zones derived from namespace names.
-fn zone_source(config: &Config) -> ZoneSource {
+pub(crate) fn zone_source(config: &Config) -> ZoneSource {
     let d = &config.dns;
     let template = |name: &str, namespace: NamespaceRef| Zone {
         name: name.trim_end_matches('.').to_ascii_lowercase(),
@@ -68,8 +76,42 @@ fn zone_source(config: &Config) -> ZoneSource {
     ZoneSource { explicit, automatic }
 }
 
+pub(crate) fn cache_settings(config: &Config) -> CacheSettings {
+    let b = &config.backend;
+    CacheSettings {
+        refresh: Duration::from_millis(b.refresh_ms),
+        health_refresh: Duration::from_millis(b.health_refresh_ms),
+        idle_timeout: Duration::from_millis(b.idle_timeout_ms),
+        max_stale: Duration::from_secs(b.max_stale_s),
+        catalog_refresh: Duration::from_millis(b.catalog_refresh_ms),
+        rate_limit: b.rate_limit,
+        snapshot: (b.kind == BackendKind::Aws).then(|| config.data_dir.join("dns-cache.json")),
+    }
+}
+
+pub(crate) fn engine_settings(config: &Config) -> EngineSettings {
+    EngineSettings {
+        server_name: wire::encode_name(&config.dns.server_name).unwrap_or_else(|| vec![0]),
+        max_cached_answers: config.dns.max_cached_answers,
+        allow_query: Acl::new(&config.dns.allow_query),
+        allow_recursion: Acl::new(&config.forward.allow_recursion),
+        query_log: config.log.queries,
+    }
+}
+
+/// The upstreams, and the zones whose unknown names go to them (lower-case wire form).
+pub(crate) fn forward_targets(config: &Config) -> (Vec<SocketAddr>, Vec<Vec<u8>>) {
+    let upstreams = config.forward.upstreams.iter().map(|u| u.0).collect();
+    let fallthrough =
+        zone_source(config).explicit.iter().filter(|z| z.fallthrough).map(|z| z.wire.clone()).collect();
+    (upstreams, fallthrough)
+}
+
 pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     // Phase one: build and bind.
+    if options.reload.is_some() {
+        reload::catch_hangup();
+    }
     let mut registry_api = None;
     let backend: Arc<dyn Backend> = match config.backend.kind {
         BackendKind::Embedded => {
@@ -100,37 +142,12 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
             )
         }
     };
-    let b = &config.backend;
-    let cache = Cache::new(
-        backend,
-        CacheSettings {
-            refresh: Duration::from_millis(b.refresh_ms),
-            health_refresh: Duration::from_millis(b.health_refresh_ms),
-            idle_timeout: Duration::from_millis(b.idle_timeout_ms),
-            max_stale: Duration::from_secs(b.max_stale_s),
-            catalog_refresh: Duration::from_millis(b.catalog_refresh_ms),
-            rate_limit: b.rate_limit,
-            snapshot: (b.kind == BackendKind::Aws).then(|| config.data_dir.join("dns-cache.json")),
-        },
-        zone_source(&config),
-    );
+    let cache = Cache::new(backend, cache_settings(&config), zone_source(&config));
     let forwarder = (!config.forward.upstreams.is_empty()).then(|| {
-        let upstreams: Vec<SocketAddr> = config.forward.upstreams.iter().map(|u| u.0).collect();
-        let fallthrough: Vec<Vec<u8>> =
-            zone_source(&config).explicit.iter().filter(|z| z.fallthrough).map(|z| z.wire.clone()).collect();
+        let (upstreams, fallthrough) = forward_targets(&config);
         Arc::new(Forwarder::new(&upstreams, &fallthrough, config.forward_settings()))
     });
-    let engine = Arc::new(Engine::new(
-        cache.clone(),
-        forwarder.clone(),
-        EngineSettings {
-            server_name: wire::encode_name(&config.dns.server_name).unwrap_or_else(|| vec![0]),
-            max_cached_answers: config.dns.max_cached_answers,
-            allow_query: Acl::new(&config.dns.allow_query),
-            allow_recursion: Acl::new(&config.forward.allow_recursion),
-            query_log: config.log.queries,
-        },
-    ));
+    let engine = Arc::new(Engine::new(cache.clone(), forwarder.clone(), engine_settings(&config)));
     let listeners = Listeners::bind(&config.dns.listen)
         .await
         .with_context(|| format!("cannot listen for DNS on {:?}", config.dns.listen))?;
@@ -160,6 +177,8 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
 
     // Phase two: spawn and serve.
     cache.start().await;
+    let limiter: SharedLimiter =
+        Arc::new(ArcSwapOption::new(RateLimiter::new(config.rate_limit_settings()).map(Arc::new)));
     let serving = server::spawn(
         listeners,
         engine.clone(),
@@ -167,7 +186,7 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
             tcp_idle_timeout: Duration::from_millis(config.dns.tcp_idle_timeout_ms),
             tcp_max_connections: config.dns.tcp_max_connections,
         },
-        RateLimiter::new(config.rate_limit_settings()).map(Arc::new),
+        limiter.clone(),
     );
     if let Some(f) = forwarder {
         for u in &config.forward.upstreams {
@@ -182,7 +201,19 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
         tokio::spawn(registry.clone().run_health_timer());
         tokio::spawn(registry::api::serve(api, registry, stopped()))
     });
-    shutdown_signal().await;
+    let mut live = Live::new(config, engine, limiter, options.set_log_level);
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = reload::hangup() , if options.reload.is_some() => {
+                if let Some(load) = &options.reload {
+                    live.reload(load()).await;
+                }
+            }
+        }
+    }
     // Drain: stop reading and accepting, answer what is in flight, then stop the rest.
     let unanswered = serving.drain(DRAIN_GRACE).await;
     if unanswered > 0 {

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
@@ -31,7 +32,7 @@ use crate::zone::answer::Catalog;
 use crate::zone::view::ServiceView;
 use crate::zone::{Zone, ZoneTable};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct CacheSettings {
     pub refresh: Duration,
     pub health_refresh: Duration,
@@ -45,7 +46,7 @@ pub struct CacheSettings {
 }
 
 /// Zones configured explicitly, and the template for zones derived from namespace names.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ZoneSource {
     pub explicit: Vec<Zone>,
     /// With the embedded backend and no explicit zones: every namespace whose name is a DNS name.
@@ -70,8 +71,9 @@ pub enum Lookup {
 
 pub struct Cache {
     backend: Arc<dyn Backend>,
-    settings: CacheSettings,
-    zone_source: ZoneSource,
+    /// Swapped whole on reload (SIGHUP); readers take what is current at each use.
+    settings: ArcSwap<CacheSettings>,
+    zone_source: ArcSwap<ZoneSource>,
     zones: RwLock<Arc<ZoneTable>>,
     pub zones_generation: Arc<AtomicU64>,
     namespaces: DashMap<NamespaceRef, Arc<NamespaceState>>,
@@ -344,8 +346,8 @@ impl Cache {
         let zones = ZoneTable::new(zone_source.explicit.clone());
         Arc::new(Cache {
             backend,
-            settings,
-            zone_source,
+            settings: ArcSwap::from_pointee(settings),
+            zone_source: ArcSwap::from_pointee(zone_source),
             zones: RwLock::new(Arc::new(zones)),
             zones_generation: Arc::new(AtomicU64::new(1)),
             namespaces: DashMap::new(),
@@ -412,12 +414,27 @@ impl Cache {
         }
     }
 
+    /// Takes a reloaded config (SIGHUP). Returns whether the zones changed: answers in them are
+    /// then rebuilt from the cached data, without backend calls; nothing cached is dropped.
+    pub async fn reconfigure(&self, settings: CacheSettings, zone_source: ZoneSource) -> bool {
+        self.backend.set_rate_limit(settings.rate_limit);
+        self.settings.store(Arc::new(settings));
+        if **self.zone_source.load() == zone_source {
+            return false;
+        }
+        self.zone_source.store(Arc::new(zone_source));
+        self.rebuild_zones().await;
+        bump(&self.zones_generation);
+        true
+    }
+
     /// The refresh interval in force: the configured one, stretched when the call budget cannot
     /// re-validate every active service that often.
     pub fn effective_refresh(&self) -> Duration {
         let active = self.active.load(Ordering::Relaxed) as f64;
-        let needed = Duration::from_secs_f64(active / self.settings.rate_limit.max(0.001));
-        self.settings.refresh.max(needed)
+        let settings = self.settings.load();
+        let needed = Duration::from_secs_f64(active / settings.rate_limit.max(0.001));
+        settings.refresh.max(needed)
     }
 
     /// How full the backend's rate budget is (0..=1), if it has one.
@@ -465,7 +482,7 @@ impl Cache {
         } else {
             self.load_snapshot();
         }
-        if self.settings.snapshot.is_some() && !self.push {
+        if self.settings.load().snapshot.is_some() && !self.push {
             let cache = self.clone();
             tokio::spawn(async move {
                 loop {
@@ -488,7 +505,10 @@ impl Cache {
 
     async fn rebuild_zones_locked(&self) {
         let seen = self.zones_wanted.begin();
-        let Some(template) = &self.zone_source.automatic else {
+        let source = self.zone_source.load_full();
+        let Some(template) = &source.automatic else {
+            *self.zones.write().unwrap_or_else(|p| p.into_inner()) =
+                Arc::new(ZoneTable::new(source.explicit.clone()));
             self.zones_wanted.done(seen);
             return;
         };
@@ -499,7 +519,7 @@ impl Cache {
                 return;
             }
         };
-        let mut zones = self.zone_source.explicit.clone();
+        let mut zones = source.explicit.clone();
         for (name, http_name) in names {
             if !crate::zone::is_dns_name(&name) {
                 continue;
@@ -621,7 +641,7 @@ impl Cache {
             let state = ns.clone();
             tokio::spawn(async move {
                 loop {
-                    tokio::time::sleep(cache.settings.catalog_refresh).await;
+                    tokio::time::sleep(cache.settings.load().catalog_refresh).await;
                     cache.reload_catalog(&state).await;
                 }
             });
@@ -660,7 +680,7 @@ impl Cache {
                 Err(BackendError::NotFound(m))
             }
             Err(e) => {
-                slot.failed(self.settings.max_stale, &e);
+                slot.failed(self.settings.load().max_stale, &e);
                 Err(e)
             }
         }
@@ -675,7 +695,7 @@ impl Cache {
         }
         let (revision, health_due) = {
             let st = slot.read();
-            let due = st.discovered_at.is_none_or(|t| t.elapsed() >= self.settings.health_refresh);
+            let due = st.discovered_at.is_none_or(|t| t.elapsed() >= self.settings.load().health_refresh);
             (st.raw.as_ref().map(|d| d.revision), due)
         };
         let Some(revision) = revision.filter(|_| !health_due) else {
@@ -694,7 +714,7 @@ impl Cache {
                 slot.gone();
                 self.dirty.store(true, Ordering::Release);
             }
-            Err(e) => slot.failed(self.settings.max_stale, &e),
+            Err(e) => slot.failed(self.settings.load().max_stale, &e),
         }
     }
 
@@ -740,7 +760,7 @@ impl Cache {
         loop {
             tokio::time::sleep(self.effective_refresh()).await;
             let idle_ms = now_ms().saturating_sub(slot.last_used.load(Ordering::Relaxed));
-            if idle_ms > self.settings.idle_timeout.as_millis() as u64 {
+            if idle_ms > self.settings.load().idle_timeout.as_millis() as u64 {
                 slot.refreshing.store(false, Ordering::Release);
                 self.active.fetch_sub(1, Ordering::Relaxed);
                 // Answers built from it must not be served without a new check.
@@ -753,7 +773,7 @@ impl Cache {
     }
 
     async fn write_snapshot(&self) -> std::io::Result<()> {
-        let Some(path) = self.settings.snapshot.clone() else { return Ok(()) };
+        let Some(path) = self.settings.load().snapshot.clone() else { return Ok(()) };
         let snapshot = self.to_snapshot();
         let bytes = serde_json::to_vec(&snapshot).map_err(std::io::Error::other)?;
         tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
@@ -763,7 +783,7 @@ impl Cache {
 
     /// Writes the snapshot now (shutdown).
     pub async fn flush(&self) {
-        if self.settings.snapshot.is_some()
+        if self.settings.load().snapshot.is_some()
             && !self.push
             && let Err(e) = self.write_snapshot().await
         {
@@ -806,7 +826,8 @@ impl Cache {
     }
 
     fn load_snapshot(&self) {
-        let Some(path) = &self.settings.snapshot else { return };
+        let settings = self.settings.load();
+        let Some(path) = &settings.snapshot else { return };
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,

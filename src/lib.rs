@@ -3,7 +3,8 @@
 //! A map of the crate, in the order data flows:
 //!
 //! - [`cli`] and [`config`]: flags and the TOML file, merged and validated once at start.
-//! - [`app`]: start-up in two phases (open and bind, then serve) and shutdown on SIGINT/SIGTERM.
+//! - [`app`]: start-up in two phases (open and bind, then serve) and shutdown on SIGINT/SIGTERM;
+//!   [`reload`]: SIGHUP applies a changed config while serving.
 //! - [`registry`]: the embedded Cloud Map-compatible registry: its JSON 1.1 API (`registry::api`),
 //!   its durable SQLite store, validation as AWS documents it, and the in-process discovery calls
 //!   the DNS side reads from.
@@ -30,4 +31,5 @@ pub mod dns;
 pub mod forward;
 pub mod metrics;
 pub mod registry;
+pub mod reload;
 pub mod zone;

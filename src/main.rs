@@ -44,7 +44,7 @@ fn serve(args: cloudmap_dns::cli::ServeArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging(&config.log);
+    let set_log_level = init_logging(&config.log);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -52,7 +52,12 @@ fn serve(args: cloudmap_dns::cli::ServeArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let options = cloudmap_dns::app::Options { demo: args.demo };
+    let reload_args = args.clone();
+    let options = cloudmap_dns::app::Options {
+        demo: args.demo,
+        reload: Some(Box::new(move || reload_args.load_config())),
+        set_log_level: Some(set_log_level),
+    };
     match runtime.block_on(cloudmap_dns::app::run(config, options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -63,14 +68,21 @@ fn serve(args: cloudmap_dns::cli::ServeArgs) -> ExitCode {
     }
 }
 
-fn init_logging(log: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_new(&log.level)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Installs the subscriber; returns a setter for the level filter (a reload may change it).
+fn init_logging(log: &LogConfig) -> cloudmap_dns::reload::SetLogLevel {
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, fmt, reload};
+    let filter = EnvFilter::try_new(&log.level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let (filter, handle) = reload::Layer::new(filter);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match log.format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
+    let layer = fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
+    let layer = match log.format {
+        LogFormat::Json => layer.json().boxed(),
+        LogFormat::Text => layer.boxed(),
+    };
+    tracing_subscriber::registry().with(filter).with(layer).init();
+    Box::new(move |level: &str| {
+        let filter = EnvFilter::try_new(level).map_err(|e| format!("'{level}': {e}"))?;
+        handle.reload(filter).map_err(|e| e.to_string())
+    })
 }

@@ -105,6 +105,9 @@ pub struct Metrics {
     pub active_services: IntGauge,
     pub forward_prefetches: IntCounter,
     pub forward_loops: IntCounter,
+    /// `config_reloads_total{outcome="applied"|"rejected"}`.
+    pub reloads_applied: IntCounter,
+    pub reloads_rejected: IntCounter,
 }
 
 fn name(n: &str) -> String {
@@ -286,6 +289,14 @@ impl Metrics {
                 "forward_loops_total",
                 "Forwarding loops found (our probe came back), and queries answered SERVFAIL because of one.",
             );
+            let reloads = counter_vec(
+                &r,
+                "config_reloads_total",
+                "Config reloads (SIGHUP), by outcome: applied, or rejected (invalid; the config in force is kept).",
+                &["outcome"],
+            );
+            let reloads_applied = reloads.with_label_values(&["applied"]);
+            let reloads_rejected = reloads.with_label_values(&["rejected"]);
             #[cfg(target_os = "linux")]
             {
                 let _ = r.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()));
@@ -310,6 +321,8 @@ impl Metrics {
                 active_services,
                 forward_prefetches,
                 forward_loops,
+                reloads_applied,
+                reloads_rejected,
             }
         }
     }
@@ -353,6 +366,11 @@ impl Metrics {
             self.upstream_requests.with_label_values(&[upstream, o]);
         }
         self.upstream_up.with_label_values(&[upstream]).set(1);
+    }
+
+    /// An upstream removed by a reload: its `upstream_up` series goes.
+    pub fn upstream_forgotten(&self, upstream: &str) {
+        let _ = self.upstream_up.remove_label_values(&[upstream]);
     }
 
     pub fn upstream(&self, upstream: &str, outcome: &str) {

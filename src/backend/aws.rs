@@ -266,15 +266,20 @@ impl Backend for Aws {
     fn budget_fill(&self) -> Option<f64> {
         Some(self.budget.fill())
     }
+
+    fn set_rate_limit(&self, calls_per_second: f64) {
+        self.budget.set_rate(calls_per_second);
+    }
 }
 
 /// One token bucket for every call to Cloud Map, with a shared back-off after throttling.
 pub struct Budget {
-    rate: f64,
     state: Mutex<BudgetState>,
 }
 
 struct BudgetState {
+    /// Calls per second (set again on reload).
+    rate: f64,
     /// The time the next call may start; calls are spaced 1/rate apart, with a one-second burst.
     next: Instant,
     /// Current back-off after throttling; doubles on each throttle, halves on each success.
@@ -287,11 +292,15 @@ impl Budget {
     pub fn new(rate: f64) -> Budget {
         let now = Instant::now();
         let next = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
-        Budget { rate: rate.max(0.001), state: Mutex::new(BudgetState { next, penalty: Duration::ZERO }) }
+        Budget { state: Mutex::new(BudgetState { rate: rate.max(0.001), next, penalty: Duration::ZERO }) }
     }
 
     pub fn rate(&self) -> f64 {
-        self.rate
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).rate
+    }
+
+    pub fn set_rate(&self, rate: f64) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).rate = rate.max(0.001);
     }
 
     /// Waits for this call's turn.
@@ -302,7 +311,7 @@ impl Budget {
             // Unused capacity accumulates for at most one second (the burst).
             let earliest = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
             let at = s.next.max(earliest);
-            s.next = at + Duration::from_secs_f64(1.0 / self.rate);
+            s.next = at + Duration::from_secs_f64(1.0 / s.rate);
             at
         };
         tokio::time::sleep_until(at).await;

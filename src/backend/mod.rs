@@ -87,6 +87,9 @@ pub trait Backend: Send + Sync + 'static {
         false
     }
 
+    /// Sets this node's call budget (calls/s) on reload, if calls are rate limited.
+    fn set_rate_limit(&self, _calls_per_second: f64) {}
+
     /// How full its rate budget is (0..=1), if calls are rate limited.
     fn budget_fill(&self) -> Option<f64> {
         None

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use arc_swap::{ArcSwap, ArcSwapOption};
 use dashmap::DashMap;
 
 use super::answer::Answer;
@@ -53,6 +54,14 @@ pub struct EngineSettings {
     pub query_log: bool,
 }
 
+/// What a zone answer is built with: the settings and forwarder current when the query came in.
+#[derive(Clone, Copy)]
+struct ZoneCtx<'a> {
+    settings: &'a EngineSettings,
+    forwarding: bool,
+    zones_generation: u64,
+}
+
 /// What the namespace side makes of a name in one of its zones.
 enum ZoneOutcome {
     Answer(Arc<Answer>),
@@ -66,8 +75,9 @@ pub struct Engine {
     answers: DashMap<Box<[u8]>, Arc<Answer>>,
     /// Answers dropped to stay within `max_cached_answers`.
     evicted: AtomicU64,
-    forwarder: Option<Arc<Forwarder>>,
-    settings: EngineSettings,
+    /// Both swapped whole on reload (SIGHUP); a query uses what was current when it came in.
+    forwarder: ArcSwapOption<Forwarder>,
+    settings: ArcSwap<EngineSettings>,
     /// SOA serial: the start time, so it moves when a restart may have changed anything.
     serial: u32,
 }
@@ -85,14 +95,21 @@ impl Engine {
             cache,
             answers: DashMap::new(),
             evicted: AtomicU64::new(0),
-            forwarder,
-            settings,
+            forwarder: ArcSwapOption::new(forwarder),
+            settings: ArcSwap::from_pointee(settings),
             serial: (now_ms() / 1000) as u32,
         }
     }
 
-    pub fn forwarder(&self) -> Option<&Arc<Forwarder>> {
-        self.forwarder.as_ref()
+    pub fn forwarder(&self) -> Option<Arc<Forwarder>> {
+        self.forwarder.load_full()
+    }
+
+    /// Takes a reloaded config. Answers already cached stay: the caller moves the zones'
+    /// generation when what they say changes (zones, server name, forwarding on or off).
+    pub fn reconfigure(&self, settings: EngineSettings, forwarder: Option<Arc<Forwarder>>) {
+        self.settings.store(Arc::new(settings));
+        self.forwarder.store(forwarder);
     }
 
     pub fn cache(&self) -> &Arc<Cache> {
@@ -141,8 +158,10 @@ impl Engine {
             metrics::get().query(Source::Refused, q.qtype, metrics::RCODE_BADVERS_INDEX, started.elapsed());
             return Fast::Answered;
         }
-        let zones_allowed = self.settings.allow_query.allows(client);
-        let recursion_allowed = self.forwarder.is_some() && self.settings.allow_recursion.allows(client);
+        let settings = self.settings.load();
+        let forwarder = self.forwarder.load();
+        let zones_allowed = settings.allow_query.allows(client);
+        let recursion_allowed = forwarder.is_some() && settings.allow_recursion.allows(client);
         if !zones_allowed && !recursion_allowed {
             Self::prohibited().write(&q, limit(&q, transport), 0, out);
             self.count(Source::Refused, Some(&q), client, out, started);
@@ -161,7 +180,7 @@ impl Engine {
             }
             return Fast::Miss;
         }
-        if let Some(f) = &self.forwarder
+        if let Some(f) = forwarder.as_ref()
             && recursion_allowed
         {
             // The same key, plus the forward cache's byte: the name is lower-cased once.
@@ -181,7 +200,7 @@ impl Engine {
         let elapsed = started.elapsed();
         let rcode = metrics::rcode_index(response);
         metrics::get().query(source, q.map_or(0, |q| q.qtype), rcode, elapsed);
-        if self.settings.query_log {
+        if self.settings.load().query_log {
             tracing::info!(
                 target: "cloudmap_dns::query",
                 %client,
@@ -260,6 +279,8 @@ impl Engine {
         let mut lower = [0u8; 255];
         let n = wire::lower_name_into(q.qname, &mut lower);
         let lower = &lower[..n];
+        let settings = self.settings.load_full();
+        let forwarder = self.forwarder.load_full();
         let zones_generation = self.cache.zones_generation.load(Ordering::Acquire);
         let zones = self.cache.zones().await;
         let (target, deps) = match zones.find(lower) {
@@ -269,13 +290,14 @@ impl Engine {
                 return Some(out);
             }
             Some((zone, offset)) => {
-                if !self.settings.allow_query.allows(client) {
+                if !settings.allow_query.allows(client) {
                     Self::prohibited().write(&q, limit, 0, &mut out);
                     self.count(Source::Refused, Some(&q), client, &out, started);
                     return Some(out);
                 }
                 let zone = zone.clone();
-                match self.resolve_zone(&q, lower, &zone, offset, zones_generation).await {
+                let ctx = ZoneCtx { settings: &settings, forwarding: forwarder.is_some(), zones_generation };
+                match self.resolve_zone(&q, lower, &zone, offset, ctx).await {
                     ZoneOutcome::Answer(a) => {
                         let now = now_ms();
                         a.write(&q, limit, now, &mut out);
@@ -283,21 +305,21 @@ impl Engine {
                         return Some(out);
                     }
                     ZoneOutcome::Fallthrough(deps) => {
-                        (self.forwarder.as_ref().map(|f| f.target_of(Some(&zone.wire))), deps)
+                        (forwarder.as_ref().map(|f| f.target_of(Some(&zone.wire))), deps)
                     }
                 }
             }
             None => {
-                if self.forwarder.is_some() && !self.settings.allow_recursion.allows(client) {
+                if forwarder.is_some() && !settings.allow_recursion.allows(client) {
                     Self::prohibited().write(&q, limit, 0, &mut out);
                     self.count(Source::Refused, Some(&q), client, &out, started);
                     return Some(out);
                 }
-                (self.forwarder.as_ref().map(|f| f.target_of(None)), Vec::new())
+                (forwarder.as_ref().map(|f| f.target_of(None)), Vec::new())
             }
         };
         drop(zones);
-        match (&self.forwarder, target) {
+        match (&forwarder, target) {
             (Some(f), Some(target)) => {
                 let mut key = [0u8; KEY_ROOM];
                 let n = forward::key_into(&q, &mut key);
@@ -308,7 +330,7 @@ impl Engine {
                 // No upstream: the same REFUSED for every outside name, cached like an answer.
                 let mut a = self.refused();
                 a.deps = vec![(self.cache.zones_generation.clone(), zones_generation)];
-                let a = self.store(&q, a, false);
+                let a = self.store(&q, a, false, settings.max_cached_answers);
                 a.write(&q, limit, now_ms(), &mut out);
                 self.count(Source::Refused, Some(&q), client, &out, started);
             }
@@ -358,16 +380,16 @@ impl Engine {
         lower: &[u8],
         zone: &Arc<Zone>,
         offset: usize,
-        zones_generation: u64,
+        zc: ZoneCtx<'_>,
     ) -> ZoneOutcome {
-        let mut deps = vec![(self.cache.zones_generation.clone(), zones_generation)];
+        let mut deps = vec![(self.cache.zones_generation.clone(), zc.zones_generation)];
         let mut case_sensitive = false;
-        let fallthrough = zone.fallthrough && self.forwarder.is_some();
+        let fallthrough = zone.fallthrough && zc.forwarding;
         let ctx = BuildCtx {
             zone,
             zone_offset: offset,
             qtype: q.qtype,
-            server_name: &self.settings.server_name,
+            server_name: &zc.settings.server_name,
             serial: self.serial,
         };
         let lower_labels = wire::labels(&lower[..offset]);
@@ -418,21 +440,21 @@ impl Engine {
             }
         };
         answer.deps = deps;
-        answer.recursion_available = self.forwarder.is_some();
-        ZoneOutcome::Answer(self.store(q, answer, case_sensitive))
+        answer.recursion_available = zc.forwarding;
+        ZoneOutcome::Answer(self.store(q, answer, case_sensitive, zc.settings.max_cached_answers))
     }
 
     /// Keeps `answer` in the answer cache for the next query (unless it may not be reused).
-    fn store(&self, q: &Query<'_>, answer: Answer, case_sensitive: bool) -> Arc<Answer> {
+    fn store(&self, q: &Query<'_>, answer: Answer, case_sensitive: bool, max: usize) -> Arc<Answer> {
         let answer = Arc::new(answer);
         if answer.cacheable && !case_sensitive {
-            if self.answers.len() >= self.settings.max_cached_answers {
+            if self.answers.len() >= max {
                 // Full: drop what is outdated; if that frees too little (a flood of new names),
                 // start over. Answers are rebuilt from the namespace cache without backend calls,
                 // and this happens at most once per `max_cached_answers` insertions.
                 let before = self.answers.len();
                 self.answers.retain(|_, a| a.is_current());
-                if self.answers.len() >= self.settings.max_cached_answers * 9 / 10 {
+                if self.answers.len() >= max * 9 / 10 {
                     self.answers.clear();
                 }
                 self.evicted.fetch_add((before - self.answers.len()) as u64, Ordering::Relaxed);

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use dashmap::DashMap;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RateLimitSettings {
     pub responses_per_second: u32,
     pub slip: u32,
@@ -41,6 +41,10 @@ pub struct RateLimiter {
 }
 
 impl RateLimiter {
+    pub fn settings(&self) -> &RateLimitSettings {
+        &self.settings
+    }
+
     /// `None` when rate limiting is off.
     pub fn new(settings: RateLimitSettings) -> Option<RateLimiter> {
         (settings.responses_per_second > 0).then(|| RateLimiter {

@@ -22,6 +22,10 @@ use tracing::Instrument;
 
 use super::engine::{Engine, Fast, Transport};
 use super::ratelimit::{RateLimiter, Verdict};
+use arc_swap::ArcSwapOption;
+
+/// The response rate limiter, if on; swapped on reload (SIGHUP).
+pub type SharedLimiter = Arc<ArcSwapOption<RateLimiter>>;
 
 #[derive(Debug, Clone)]
 pub struct ServerSettings {
@@ -150,7 +154,7 @@ pub fn spawn(
     listeners: Listeners,
     engine: Arc<Engine>,
     settings: ServerSettings,
-    limiter: Option<Arc<RateLimiter>>,
+    limiter: SharedLimiter,
 ) -> Serving {
     let (stop, stopped) = watch::channel(false);
     let inflight = Arc::new(InFlight::default());
@@ -176,7 +180,7 @@ pub fn spawn(
 async fn serve_udp(
     (socket, mut stopped, inflight): (Arc<UdpSocket>, watch::Receiver<bool>, Arc<InFlight>),
     engine: Arc<Engine>,
-    limiter: Option<Arc<RateLimiter>>,
+    limiter: SharedLimiter,
 ) {
     // On a wildcard address, replies must leave from the address each query came to.
     let wildcard = socket.local_addr().is_ok_and(|a| a.ip().is_unspecified());
@@ -208,7 +212,7 @@ async fn serve_udp(
         let packet = &buf[..len];
         match engine.answer_cached(packet, Transport::Udp, peer.ip(), &mut out) {
             Fast::Answered => {
-                if admit(limiter.as_deref(), peer, &mut out) {
+                if admit(limiter.load().as_deref(), peer, &mut out) {
                     let _ = reply(&socket, &out, peer, local).await;
                 }
             }
@@ -221,7 +225,7 @@ async fn serve_udp(
                 tokio::spawn(
                     async move {
                         if let Some(mut response) = engine.answer(&packet, Transport::Udp, peer.ip()).await
-                            && admit(limiter.as_deref(), peer, &mut response)
+                            && admit(limiter.load().as_deref(), peer, &mut response)
                         {
                             let _ = reply(&socket, &response, peer, local).await;
                         }

@@ -102,8 +102,8 @@ pub struct ForwardCache {
     ring: Mutex<VecDeque<(Box<[u8]>, u64)>>,
     bytes: AtomicUsize,
     next_id: AtomicU64,
-    max_entries: usize,
-    max_bytes: usize,
+    max_entries: AtomicUsize,
+    max_bytes: AtomicUsize,
     pub evictions: AtomicU64,
 }
 
@@ -114,10 +114,16 @@ impl ForwardCache {
             ring: Mutex::new(VecDeque::new()),
             bytes: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
-            max_entries: max_entries.max(1),
-            max_bytes,
+            max_entries: AtomicUsize::new(max_entries.max(1)),
+            max_bytes: AtomicUsize::new(max_bytes),
             evictions: AtomicU64::new(0),
         }
+    }
+
+    /// New bounds (reload); a smaller one takes effect as entries are inserted.
+    pub fn set_limits(&self, max_entries: usize, max_bytes: usize) {
+        self.max_entries.store(max_entries.max(1), Ordering::Relaxed);
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Arc<Entry>> {
@@ -150,7 +156,9 @@ impl ForwardCache {
         ring.push_back((key.into(), entry.id));
         // The hand: at most two rounds (the first clears every reference bit).
         let mut budget = ring.len() * 2;
-        while (self.map.len() > self.max_entries || self.bytes() > self.max_bytes) && budget > 0 {
+        let (max_entries, max_bytes) =
+            (self.max_entries.load(Ordering::Relaxed), self.max_bytes.load(Ordering::Relaxed));
+        while (self.map.len() > max_entries || self.bytes() > max_bytes) && budget > 0 {
             budget -= 1;
             let Some((k, id)) = ring.pop_front() else { break };
             let Some(current) = self.map.get(&k).map(|e| e.clone()) else { continue };

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use tokio::sync::{Notify, watch};
 
@@ -32,7 +33,7 @@ pub fn mono_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ForwardSettings {
     pub upstream: UpstreamSettings,
     pub max_entries: usize,
@@ -81,7 +82,7 @@ impl Served {
 /// Where forwarded names come from, each checked for loops on its own: every name outside the
 /// zones, or the unknown names of one fallthrough zone.
 #[derive(Debug)]
-struct LoopTarget {
+pub struct LoopTarget {
     /// Lower-case wire suffix: the root for plain forwarding, the zone for fallthrough.
     suffix: Vec<u8>,
     looping: AtomicBool,
@@ -108,15 +109,31 @@ struct Request {
 }
 
 pub struct Forwarder {
-    upstreams: Upstreams,
+    /// Upstreams, settings and loop targets are swapped whole on reload (SIGHUP); the cache and
+    /// flights in progress stay.
+    upstreams: ArcSwap<Upstreams>,
     cache: ForwardCache,
     flights: DashMap<Box<[u8]>, watch::Receiver<Option<Outcome>>>,
-    settings: ForwardSettings,
-    targets: Vec<LoopTarget>,
+    settings: ArcSwap<ForwardSettings>,
+    targets: ArcSwap<Vec<Arc<LoopTarget>>>,
     /// Probe names in flight (lower-case wire) and the target each checks.
-    probes: Mutex<HashMap<Vec<u8>, usize>>,
+    probes: Mutex<HashMap<Vec<u8>, Arc<LoopTarget>>>,
     probe_now: Notify,
+    /// Wakes `maintain` after a reload (new probe interval), or to stop (`retire`).
+    reconfigured: Notify,
+    retired: AtomicBool,
     last_probe_ms: AtomicU64,
+}
+
+fn loop_targets(fallthrough_zones: &[Vec<u8>], old: &[Arc<LoopTarget>]) -> Vec<Arc<LoopTarget>> {
+    std::iter::once(&vec![0u8])
+        .chain(fallthrough_zones)
+        .map(|suffix| {
+            old.iter().find(|t| t.suffix == *suffix).cloned().unwrap_or_else(|| {
+                Arc::new(LoopTarget { suffix: suffix.clone(), looping: false.into(), seen: false.into() })
+            })
+        })
+        .collect()
 }
 
 /// The forward cache's key is `wire::key_into`'s followed by this byte: the DO and CD bits
@@ -139,26 +156,49 @@ impl Forwarder {
         fallthrough_zones: &[Vec<u8>],
         settings: ForwardSettings,
     ) -> Forwarder {
-        let mut targets = vec![LoopTarget { suffix: vec![0], looping: false.into(), seen: false.into() }];
-        targets.extend(fallthrough_zones.iter().map(|z| LoopTarget {
-            suffix: z.clone(),
-            looping: false.into(),
-            seen: false.into(),
-        }));
         Forwarder {
-            upstreams: Upstreams::new(upstreams, settings.upstream.clone()),
+            upstreams: ArcSwap::from_pointee(Upstreams::new(upstreams, settings.upstream.clone())),
             cache: ForwardCache::new(settings.max_entries, settings.max_bytes),
             flights: DashMap::new(),
-            settings,
-            targets,
+            targets: ArcSwap::from_pointee(loop_targets(fallthrough_zones, &[])),
+            settings: ArcSwap::from_pointee(settings),
             probes: Mutex::new(HashMap::new()),
             probe_now: Notify::new(),
+            reconfigured: Notify::new(),
+            retired: AtomicBool::new(false),
             last_probe_ms: AtomicU64::new(0),
         }
     }
 
-    pub fn upstreams(&self) -> &Upstreams {
-        &self.upstreams
+    /// Takes a reloaded config. The cache stays (new bounds and clamps apply to what is stored
+    /// from now on); the upstreams are replaced only if their list or settings changed, and then
+    /// start with a clean health view. Returns the upstreams dropped.
+    pub fn reconfigure(
+        &self,
+        upstreams: &[std::net::SocketAddr],
+        fallthrough_zones: &[Vec<u8>],
+        settings: ForwardSettings,
+    ) -> Vec<std::net::SocketAddr> {
+        let mut dropped = Vec::new();
+        if !self.upstreams.load().same(upstreams, &settings.upstream) {
+            let old = self.upstreams.swap(Arc::new(Upstreams::new(upstreams, settings.upstream.clone())));
+            dropped = old.list().iter().map(|u| u.addr).filter(|a| !upstreams.contains(a)).collect();
+        }
+        self.targets.store(Arc::new(loop_targets(fallthrough_zones, &self.targets.load())));
+        self.cache.set_limits(settings.max_entries, settings.max_bytes);
+        self.settings.store(Arc::new(settings));
+        self.reconfigured.notify_one();
+        dropped
+    }
+
+    /// Stops the background work (forwarding was switched off by a reload).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+        self.reconfigured.notify_one();
+    }
+
+    pub fn upstreams(&self) -> Arc<Upstreams> {
+        self.upstreams.load_full()
     }
 
     pub fn cache(&self) -> &ForwardCache {
@@ -166,14 +206,21 @@ impl Forwarder {
     }
 
     /// The loop target of a forwarded name: its fallthrough zone, or the root.
-    pub fn target_of(&self, zone_wire: Option<&[u8]>) -> usize {
-        zone_wire.and_then(|z| self.targets.iter().position(|t| t.suffix == z)).unwrap_or(0)
+    pub fn target_of(&self, zone_wire: Option<&[u8]>) -> Arc<LoopTarget> {
+        let targets = self.targets.load();
+        zone_wire
+            .and_then(|z| targets.iter().find(|t| t.suffix == z))
+            .or(targets.first())
+            .cloned()
+            .unwrap_or_else(|| {
+                Arc::new(LoopTarget { suffix: vec![0], looping: false.into(), seen: false.into() })
+            })
     }
 
     fn write(&self, e: &Entry, q: &Query, limit: usize, now: u64, stale: bool, out: &mut Vec<u8>) {
         if stale {
             let ede = Some((wire::EDE_STALE_ANSWER, "upstreams failed; serving expired data"));
-            e.template.write(q, limit, Ttls::Stale(self.settings.stale_ttl), ede, out);
+            e.template.write(q, limit, Ttls::Stale(self.settings.load().stale_ttl), ede, out);
         } else {
             let ede = e.ede.as_ref().map(|(c, t)| (*c, t.as_str()));
             e.template.write(q, limit, Ttls::Elapsed(e.elapsed_s(now)), ede, out);
@@ -211,7 +258,7 @@ impl Forwarder {
     /// last second) is refreshed in the background, so popular names never expire in the cache.
     fn maybe_prefetch(self: &Arc<Self>, e: &Arc<Entry>, key: &[u8], now: u64) {
         let earlier_hits = e.hits.fetch_add(1, Ordering::Relaxed);
-        if !self.settings.prefetch || e.template.kind == Kind::Failure || earlier_hits == 0 {
+        if !self.settings.load().prefetch || e.template.kind == Kind::Failure || earlier_hits == 0 {
             return;
         }
         let window = (e.ttl as u64 * 100).max(1000);
@@ -238,14 +285,14 @@ impl Forwarder {
     /// Whether `lower_qname` is one of our own loop probes coming back; marks its target looping.
     fn probe_returned(&self, lower_qname: &[u8]) -> bool {
         let Ok(probes) = self.probes.lock() else { return false };
-        let Some(&target) = probes.get(lower_qname) else { return false };
-        self.targets[target].seen.store(true, Ordering::Relaxed);
-        if !self.targets[target].looping.swap(true, Ordering::Relaxed) {
+        let Some(target) = probes.get(lower_qname) else { return false };
+        target.seen.store(true, Ordering::Relaxed);
+        if !target.looping.swap(true, Ordering::Relaxed) {
             metrics::get().forward_loops.inc();
             tracing::error!(
-                zone = %wire::name_to_string(&self.targets[target].suffix),
+                zone = %wire::name_to_string(&target.suffix),
                 "forwarding loop: our own probe came back to us through the upstreams; forwarded names under {} get SERVFAIL until it is fixed",
-                wire::name_to_string(&self.targets[target].suffix)
+                wire::name_to_string(&target.suffix)
             );
         }
         true
@@ -257,14 +304,14 @@ impl Forwarder {
         self: &Arc<Self>,
         q: &Query<'_>,
         key: &[u8],
-        target: usize,
+        target: Arc<LoopTarget>,
         zones_generation: u64,
         deps: Vec<(Arc<AtomicU64>, u64)>,
         limit: usize,
         out: &mut Vec<u8>,
     ) -> Served {
         let lower_qname = &key[..q.qname.len()];
-        if self.probe_returned(lower_qname) || self.targets[target].looping.load(Ordering::Relaxed) {
+        if self.probe_returned(lower_qname) || target.looping.load(Ordering::Relaxed) {
             metrics::get().forward_loops.inc();
             let t = reply::bare(q.question, wire::RCODE_SERVFAIL);
             let ede =
@@ -298,7 +345,8 @@ impl Forwarder {
         let outcome = match &stale {
             // RFC 8767 §5: with stale data at hand, a client waits at most this long.
             Some(_) => {
-                tokio::time::timeout(self.settings.stale_answer_timeout, self.fetch(request)).await.ok()
+                let wait = self.settings.load().stale_answer_timeout;
+                tokio::time::timeout(wait, self.fetch(request)).await.ok()
             }
             None => Some(self.fetch(request).await),
         };
@@ -353,10 +401,11 @@ impl Forwarder {
     }
 
     async fn fly(self: Arc<Self>, request: Request, tx: watch::Sender<Option<Outcome>>) {
-        let result =
-            self.upstreams.resolve(&request.question, request.dnssec_ok, request.checking_disabled).await;
+        let upstreams = self.upstreams.load_full();
+        let result = upstreams.resolve(&request.question, request.dnssec_ok, request.checking_disabled).await;
+        let settings = self.settings.load_full();
         let now = mono_ms();
-        let stale_s = self.settings.serve_stale.as_secs();
+        let stale_s = settings.serve_stale.as_secs();
         let outcome = match result {
             Ok(t) => {
                 let ttl = t.ttl.unwrap_or(0);
@@ -381,7 +430,7 @@ impl Forwarder {
                 tracing::debug!(reason = %why, "forwarding failed");
                 self.probe_soon();
                 let t = reply::bare(&request.question, wire::RCODE_SERVFAIL);
-                let ttl = self.settings.servfail_ttl;
+                let ttl = settings.servfail_ttl;
                 let entry = Entry::new(
                     t,
                     Some((code, why.into_owned())),
@@ -399,8 +448,7 @@ impl Forwarder {
                     .get(&request.key)
                     .filter(|e| e.may_serve_stale(now) && e.template.kind != Kind::Failure);
                 if let Some(e) = &stale {
-                    e.serving_stale_until_ms
-                        .store(now + self.settings.stale_ttl as u64 * 1000, Ordering::Relaxed);
+                    e.serving_stale_until_ms.store(now + settings.stale_ttl as u64 * 1000, Ordering::Relaxed);
                 }
                 let keep_stale = stale.is_some();
                 Outcome::Failed(if ttl > 0 && !keep_stale {
@@ -429,7 +477,7 @@ impl Forwarder {
         self.last_probe_ms.store(mono_ms().max(1), Ordering::Relaxed);
         let mut names = Vec::new();
         if let Ok(mut probes) = self.probes.lock() {
-            for (i, t) in self.targets.iter().enumerate() {
+            for t in self.targets.load().iter() {
                 let mut name = Vec::with_capacity(t.suffix.len() + 40);
                 name.push(16);
                 name.extend_from_slice(format!("{:016x}", rand::random::<u64>()).as_bytes());
@@ -440,8 +488,8 @@ impl Forwarder {
                     continue;
                 }
                 t.seen.store(false, Ordering::Relaxed);
-                probes.insert(name.clone(), i);
-                names.push((i, name));
+                probes.insert(name.clone(), t.clone());
+                names.push((t.clone(), name));
             }
         }
         // One after another: a handful of names, and a round is not urgent.
@@ -449,12 +497,11 @@ impl Forwarder {
             let mut question = name.clone();
             question.extend_from_slice(&wire::TYPE_HINFO.to_be_bytes());
             question.extend_from_slice(&wire::CLASS_IN.to_be_bytes());
-            let _ = self.upstreams.probe(&question).await;
+            let _ = self.upstreams.load_full().probe(&question).await;
         }
         if let Ok(mut probes) = self.probes.lock() {
-            for (i, name) in &names {
+            for (t, name) in &names {
                 probes.remove(name);
-                let t = &self.targets[*i];
                 if !t.seen.load(Ordering::Relaxed) && t.looping.swap(false, Ordering::Relaxed) {
                     tracing::info!(zone = %wire::name_to_string(&t.suffix), "forwarding loop is gone");
                 }
@@ -465,16 +512,21 @@ impl Forwarder {
     /// Background work: loop probes (at start, every `loop_check_interval`, and soon after
     /// failures) and sweeping entries past their stale window.
     pub async fn maintain(self: Arc<Self>) {
-        if self.upstreams.is_empty() {
-            return;
-        }
         let mut sweep = tokio::time::interval(Duration::from_secs(60));
-        let mut probe = tokio::time::interval(self.settings.loop_check_interval.max(Duration::from_secs(1)));
-        loop {
+        let interval = || self.settings.load().loop_check_interval.max(Duration::from_secs(1));
+        let mut probe = tokio::time::interval(interval());
+        while !self.retired.load(Ordering::Acquire) {
             tokio::select! {
                 _ = probe.tick() => self.probe_round().await,
                 _ = self.probe_now.notified() => self.probe_round().await,
                 _ = sweep.tick() => self.cache.sweep(mono_ms()),
+                _ = self.reconfigured.notified() => {
+                    if probe.period() != interval() {
+                        probe = tokio::time::interval_at(tokio::time::Instant::now() + interval(), interval());
+                    }
+                    // New upstreams or zones: check them for loops now.
+                    self.probe_now.notify_one();
+                }
             }
         }
     }

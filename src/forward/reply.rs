@@ -97,7 +97,7 @@ pub fn bare(question: &[u8], rcode: u8) -> Template {
 }
 
 /// TTL clamps applied to what upstreams send.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Clamps {
     pub min_ttl: u32,
     pub max_ttl: u32,

@@ -17,7 +17,7 @@ use tokio::time::{Instant, timeout_at};
 
 use super::reply::{self, Bad, Kind, Template};
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct UpstreamSettings {
     /// How long one try waits for a reply.
     pub timeout: Duration,
@@ -119,6 +119,12 @@ impl Upstreams {
             })
             .collect();
         Upstreams { list, settings }
+    }
+
+    /// Whether these are `addrs` with `settings`: a reload that changes neither keeps them
+    /// (and their health).
+    pub fn same(&self, addrs: &[SocketAddr], settings: &UpstreamSettings) -> bool {
+        self.settings == *settings && self.list.iter().map(|u| u.addr).eq(addrs.iter().copied())
     }
 
     pub fn list(&self) -> &[Upstream] {

@@ -34,7 +34,7 @@ impl HealthMode {
 }
 
 /// One namespace zone.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Zone {
     /// Lower-case, without the trailing dot (`svc.example`).
     pub name: String,
