@@ -712,6 +712,66 @@ mod tests {
         assert!(seen > 0, "conf/ holds no TOML config");
     }
 
+    /// Key paths (`dns.rate_limit.slip`) of a TOML table, array-of-table items under their
+    /// array's path.
+    fn key_paths(table: &toml::Table, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+        for (k, v) in table {
+            let path = format!("{prefix}{k}");
+            match v {
+                toml::Value::Table(t) => key_paths(t, &format!("{path}."), out),
+                toml::Value::Array(items) if items.iter().all(|i| i.is_table()) && !items.is_empty() => {
+                    for i in items {
+                        key_paths(i.as_table().unwrap(), &format!("{path}."), out);
+                    }
+                }
+                _ => {
+                    out.insert(path);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn annotated_example_names_every_key() {
+        // Every key the config has, optional ones set so they serialize.
+        let mut full = Config { region: Some("us-east-1".into()), ..Config::default() };
+        full.backend.endpoint_url = Some("http://127.0.0.1:1".into());
+        full.backend.data_endpoint_url = Some("http://127.0.0.1:1".into());
+        full.dns.zones = vec![ZoneConfig {
+            zone: "a.example".into(),
+            namespace: "a".into(),
+            account: Some("123456789012".into()),
+            health: Some(HealthMode::All),
+            ttl: Some(1),
+            max_answers: Some(1),
+            grpc_config: Some("{}".into()),
+            fallthrough: true,
+        }];
+        let table: toml::Table = toml::from_str(&full.to_toml()).unwrap();
+        let mut keys = std::collections::BTreeSet::new();
+        key_paths(&table, "", &mut keys);
+
+        // Keys the file names, set or commented out (`# key = ...`), under their section.
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/cloudmap-dns.toml");
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut named = std::collections::BTreeSet::new();
+        let mut section = String::new();
+        for line in text.lines() {
+            let line = line.trim_start_matches('#').trim();
+            if let Some(s) = line.strip_prefix('[') {
+                section = format!("{}.", s.trim_matches(|c| c == '[' || c == ']'));
+            } else if let Some((k, _)) = line.split_once('=')
+                && !k.trim().is_empty()
+                && k.trim().chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                named.insert(format!("{section}{}", k.trim()));
+            }
+        }
+        let missing: Vec<_> = keys.difference(&named).collect();
+        assert!(missing.is_empty(), "conf/cloudmap-dns.toml does not document: {missing:?}");
+        assert!(keys.len() > 50, "{keys:?}");
+    }
+
     #[test]
     fn annotated_example_states_the_defaults() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/cloudmap-dns.toml");
