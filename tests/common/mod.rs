@@ -44,12 +44,18 @@ impl Server {
 
     /// Starts a server on `data_dir`; `Err` holds its output if it exits before listening.
     pub fn start_in(data_dir: &Path, extra: &[&str]) -> Result<Server, String> {
+        Server::start_in_env(data_dir, &[], extra)
+    }
+
+    /// As `start_in`, with these environment variables set over the defaults.
+    pub fn start_in_env(data_dir: &Path, env: &[(&str, &str)], extra: &[&str]) -> Result<Server, String> {
         let mut child = Command::new(BIN)
             // Credentials and region for the aws backend; no instance metadata to ask.
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(env.iter().copied())
             .arg("serve")
             .args([
                 "--api-listen",
