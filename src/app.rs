@@ -148,7 +148,7 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
         Arc::new(Forwarder::new(&upstreams, &fallthrough, config.forward_settings()))
     });
     let engine = Arc::new(Engine::new(cache.clone(), forwarder.clone(), engine_settings(&config)));
-    let listeners = Listeners::bind(&config.dns.listen)
+    let listeners = Listeners::bind(&config.dns.listen, config.dns.udp_workers)
         .await
         .with_context(|| format!("cannot listen for DNS on {:?}", config.dns.listen))?;
     let dns_addrs = listeners.addrs();

@@ -71,6 +71,8 @@ pub struct DnsConfig {
     pub server_name: String,
     pub tcp_idle_timeout_ms: u64,
     pub tcp_max_connections: usize,
+    /// UDP sockets per listener (SO_REUSEPORT), each read by its own task; 0 = one per CPU.
+    pub udp_workers: usize,
     /// Bound on the pre-encoded answer cache (entries).
     pub max_cached_answers: usize,
     /// Clients allowed to query the namespace zones (networks); others get REFUSED.
@@ -91,6 +93,7 @@ impl Default for DnsConfig {
             server_name: "localhost.".into(),
             tcp_idle_timeout_ms: 10_000,
             tcp_max_connections: 1024,
+            udp_workers: 0,
             max_cached_answers: 100_000,
             allow_query: crate::acl::loopback(),
             rate_limit: RateLimitConfig::default(),
@@ -442,6 +445,9 @@ impl Config {
         }
         if crate::dns::wire::encode_name(&self.dns.server_name).is_none() || self.dns.server_name.is_empty() {
             bad("dns.server_name", format!("'{}' is not a domain name", self.dns.server_name));
+        }
+        if self.dns.udp_workers > 256 {
+            bad("dns.udp_workers", format!("{} is more than 256", self.dns.udp_workers));
         }
         if self.dns.tcp_max_connections == 0 {
             bad("dns.tcp_max_connections", "must be at least 1".into());

@@ -62,33 +62,68 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    /// Binds UDP and TCP on every address; the OS-chosen port of `:0` is shared by both.
-    pub async fn bind(addrs: &[SocketAddr]) -> std::io::Result<Listeners> {
+    /// Binds UDP and TCP on every address; the OS-chosen port of `:0` is shared by both. Each
+    /// address gets `udp_workers` UDP sockets (0: one per CPU this process may use), bound with
+    /// SO_REUSEPORT so the kernel spreads clients over them and each is read by its own task:
+    /// throughput grows with cores, and no socket's receive queue is shared.
+    pub async fn bind(addrs: &[SocketAddr], udp_workers: usize) -> std::io::Result<Listeners> {
+        let workers = match udp_workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let mut l = Listeners { udp: Vec::new(), tcp: Vec::new() };
         for addr in addrs {
-            let (udp, tcp) = bind_pair(*addr).await?;
-            let bound = udp.local_addr()?;
-            tracing::info!(addr = %bound, "listening for DNS on UDP {bound}");
+            let (udp, tcp) = bind_group(*addr, workers).await?;
+            let bound = udp[0].local_addr()?;
+            tracing::info!(addr = %bound, workers = udp.len(), "listening for DNS on UDP {bound}");
             tracing::info!(addr = %bound, "listening for DNS on TCP {bound}");
-            l.udp.push(udp);
+            l.udp.extend(udp);
             l.tcp.push(tcp);
         }
         Ok(l)
     }
 
+    /// One address per listener (worker sockets share their listener's).
     pub fn addrs(&self) -> Vec<SocketAddr> {
-        self.udp.iter().filter_map(|s| s.local_addr().ok()).collect()
+        let mut addrs: Vec<SocketAddr> = self.udp.iter().filter_map(|s| s.local_addr().ok()).collect();
+        addrs.dedup();
+        addrs
     }
 }
 
-/// Binds UDP and TCP on one address. For port 0 the port UDP gets may be taken for TCP by someone
-/// else; then another port is tried.
-async fn bind_pair(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+fn udp_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, None)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(true)?;
+    }
+    #[cfg(unix)]
+    s.set_reuse_port(reuse_port)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// Binds `workers` UDP sockets and a TCP listener on one address. For port 0 the port UDP gets
+/// may be taken for TCP by someone else; then another port is tried.
+async fn bind_group(addr: SocketAddr, workers: usize) -> std::io::Result<(Vec<UdpSocket>, TcpListener)> {
+    let reuse_port = cfg!(unix) && workers > 1;
+    if reuse_port && addr.port() != 0 {
+        // SO_REUSEPORT would let us join another process's group on this port (same user) and
+        // split its traffic: a plain bind first fails with "address in use" if anyone holds it.
+        drop(std::net::UdpSocket::bind(addr)?);
+    }
     let mut tries = 0;
     loop {
-        let udp = UdpSocket::bind(addr).await?;
-        match TcpListener::bind(udp.local_addr()?).await {
-            Ok(tcp) => return Ok((udp, tcp)),
+        let first = udp_socket(addr, reuse_port)?;
+        let bound = first.local_addr()?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => {
+                let mut udp = vec![first];
+                for _ in 1..workers {
+                    udp.push(udp_socket(bound, reuse_port)?);
+                }
+                return Ok((udp, tcp));
+            }
             Err(e) if addr.port() == 0 && e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
                 tries += 1
             }
