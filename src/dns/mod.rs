@@ -4,6 +4,8 @@
 
 pub mod answer;
 pub mod engine;
+#[cfg(target_os = "linux")]
+pub mod mmsg;
 mod pktinfo;
 pub mod ratelimit;
 pub mod server;

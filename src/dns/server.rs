@@ -222,6 +222,10 @@ async fn serve_udp(
     if wildcard && let Err(e) = super::pktinfo::enable(&socket) {
         tracing::warn!(error = %e, "cannot read datagram destinations; replies leave by the routing table's choice");
     }
+    #[cfg(target_os = "linux")]
+    if !wildcard {
+        return serve_udp_batched((socket, stopped, inflight), engine, limiter).await;
+    }
     let mut buf = vec![0u8; 65535];
     let mut out = Vec::with_capacity(1232);
     loop {
@@ -252,24 +256,73 @@ async fn serve_udp(
                 }
             }
             Fast::Dropped => {}
-            Fast::Miss => {
-                let packet = packet.to_vec();
-                let (socket, engine, limiter) = (socket.clone(), engine.clone(), limiter.clone());
-                let guard = inflight.enter();
-                let span = tracing::debug_span!("query", %peer, transport = "udp");
-                tokio::spawn(
-                    async move {
-                        if let Some(mut response) = engine.answer(&packet, Transport::Udp, peer.ip()).await
-                            && admit(limiter.load().as_deref(), peer, &mut response)
-                        {
-                            let _ = reply(&socket, &response, peer, local).await;
-                        }
-                        drop(guard);
+            Fast::Miss => spawn_miss(packet, peer, local, (&socket, &engine, &limiter, &inflight)),
+        }
+    }
+}
+
+/// Answers a cache miss on its own task (it may wait for the backend or an upstream).
+fn spawn_miss(
+    packet: &[u8],
+    peer: SocketAddr,
+    local: Option<std::net::IpAddr>,
+    (socket, engine, limiter, inflight): (&Arc<UdpSocket>, &Arc<Engine>, &SharedLimiter, &Arc<InFlight>),
+) {
+    let packet = packet.to_vec();
+    let (socket, engine, limiter) = (socket.clone(), engine.clone(), limiter.clone());
+    let guard = inflight.enter();
+    let span = tracing::debug_span!("query", %peer, transport = "udp");
+    tokio::spawn(
+        async move {
+            if let Some(mut response) = engine.answer(&packet, Transport::Udp, peer.ip()).await
+                && admit(limiter.load().as_deref(), peer, &mut response)
+            {
+                let _ = reply(&socket, &response, peer, local).await;
+            }
+            drop(guard);
+        }
+        .instrument(span),
+    );
+}
+
+/// The UDP loop with batched system calls (Linux, sockets bound to one address): a batch of
+/// queries is read at once, cache hits are answered into a batch sent at once, misses are
+/// spawned as in `serve_udp`.
+#[cfg(target_os = "linux")]
+async fn serve_udp_batched(
+    (socket, mut stopped, inflight): (Arc<UdpSocket>, watch::Receiver<bool>, Arc<InFlight>),
+    engine: Arc<Engine>,
+    limiter: SharedLimiter,
+) {
+    use super::mmsg::{RecvBatch, SendBatch};
+    let mut received = RecvBatch::default();
+    let mut replies = SendBatch::default();
+    loop {
+        let n = tokio::select! {
+            r = received.recv(&socket) => match r {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::debug!(error = %e, "UDP receive failed");
+                    continue;
+                }
+            },
+            _ = stopped.wait_for(|s| *s) => return,
+        };
+        let limit = limiter.load();
+        for i in 0..n {
+            let Some((packet, peer)) = received.get(i) else { continue };
+            let out = replies.next_buf();
+            match engine.answer_cached(packet, Transport::Udp, peer.ip(), out) {
+                Fast::Answered => {
+                    if admit(limit.as_deref(), peer, out) {
+                        replies.push(peer);
                     }
-                    .instrument(span),
-                );
+                }
+                Fast::Dropped => {}
+                Fast::Miss => spawn_miss(packet, peer, None, (&socket, &engine, &limiter, &inflight)),
             }
         }
+        replies.flush(&socket).await;
     }
 }
 
