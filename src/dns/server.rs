@@ -322,6 +322,7 @@ async fn serve_udp_batched(
                 Fast::Miss => spawn_miss(packet, peer, None, (&socket, &engine, &limiter, &inflight)),
             }
         }
+        drop(limit); // not held across the await
         replies.flush(&socket).await;
     }
 }
