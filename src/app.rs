@@ -109,9 +109,10 @@ pub(crate) fn forward_targets(config: &Config) -> (Vec<SocketAddr>, Vec<Vec<u8>>
 
 pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     // Phase one: build and bind.
-    if options.reload.is_some() {
-        reload::catch_hangup();
-    }
+    let mut hangups = match options.reload {
+        Some(_) => reload::Hangups::catch(),
+        None => reload::Hangups::default(),
+    };
     let mut registry_api = None;
     let backend: Arc<dyn Backend> = match config.backend.kind {
         BackendKind::Embedded => {
@@ -207,7 +208,7 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = reload::hangup() , if options.reload.is_some() => {
+            _ = hangups.next() => {
                 if let Some(load) = &options.reload {
                     live.reload(load()).await;
                 }

@@ -15,38 +15,40 @@ use crate::dns::ratelimit::RateLimiter;
 use crate::dns::server::SharedLimiter;
 use crate::forward::Forwarder;
 
-#[cfg(unix)]
-type Hup = tokio::sync::Mutex<tokio::signal::unix::Signal>;
+/// SIGHUP, caught from start-up on: one that comes before the serving loop waits, or between
+/// two waits, is kept rather than killing the process or being lost. The default catches none.
+#[derive(Default)]
+pub struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
 
-/// One listener for the process, from start-up on: a SIGHUP that comes early, or between two
-/// waits, is kept rather than killing the process or being lost.
-#[cfg(unix)]
-fn hup() -> Option<&'static Hup> {
-    static HUP: std::sync::OnceLock<Option<Hup>> = std::sync::OnceLock::new();
-    HUP.get_or_init(|| match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(tokio::sync::Mutex::new(s)),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; config reload is off");
-            None
+impl Hangups {
+    /// Starts catching SIGHUP (call within the runtime, before anything serves).
+    pub fn catch() -> Hangups {
+        #[cfg(unix)]
+        let signal = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; config reload is off");
+                None
+            }
+        };
+        Hangups {
+            #[cfg(unix)]
+            signal,
         }
-    })
-    .as_ref()
-}
-
-/// Starts catching SIGHUP (call within the runtime, before anything serves).
-pub fn catch_hangup() {
-    #[cfg(unix)]
-    hup();
-}
-
-/// Waits for the next SIGHUP (never, where there is none).
-pub async fn hangup() {
-    #[cfg(unix)]
-    if let Some(s) = hup() {
-        s.lock().await.recv().await;
-        return;
     }
-    std::future::pending::<()>().await
+
+    /// Waits for the next SIGHUP (never, where there is none).
+    pub async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.signal {
+            s.recv().await;
+            return;
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 /// Reads the config again: the file with the command line laid over it.
@@ -65,7 +67,7 @@ pub struct Live {
     set_log_level: Option<SetLogLevel>,
 }
 
-/// Keys whose change needs a restart, as (key, changed).
+/// The keys whose change needs a restart that differ between `a` and `b`.
 fn restart_keys(a: &Config, b: &Config) -> Vec<&'static str> {
     let checks = [
         ("data_dir", a.data_dir != b.data_dir),

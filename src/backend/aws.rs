@@ -295,10 +295,6 @@ impl Budget {
         Budget { state: Mutex::new(BudgetState { rate: rate.max(0.001), next, penalty: Duration::ZERO }) }
     }
 
-    pub fn rate(&self) -> f64 {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).rate
-    }
-
     pub fn set_rate(&self, rate: f64) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).rate = rate.max(0.001);
     }

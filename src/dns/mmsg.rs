@@ -112,9 +112,6 @@ pub struct SendBatch {
     len: usize,
 }
 
-// SAFETY: holds owned buffers only; the headers are built on the stack per call.
-unsafe impl Send for SendBatch {}
-
 impl SendBatch {
     /// A buffer for the next response (cleared), to be committed with `push`.
     pub fn next_buf(&mut self) -> &mut Vec<u8> {
