@@ -394,7 +394,22 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
-        String::from_utf8(out).unwrap_or_default()
+        let mut text = String::from_utf8(out).unwrap_or_default();
+        // The per-upstream families have a series per configured upstream; with none configured
+        // the encoder leaves them out, yet every family is to be exposed from start-up.
+        let per_upstream: [(&dyn prometheus::core::Collector, &str); 2] =
+            [(&self.upstream_requests, "counter"), (&self.upstream_up, "gauge")];
+        for (family, kind) in per_upstream {
+            for desc in family.desc() {
+                if !text.contains(&format!("# TYPE {} ", desc.fq_name)) {
+                    text.push_str(&format!(
+                        "# HELP {} {}\n# TYPE {} {kind}\n",
+                        desc.fq_name, desc.help, desc.fq_name
+                    ));
+                }
+            }
+        }
+        text
     }
 }
 

@@ -68,6 +68,18 @@ async fn every_family_is_there_at_zero_before_any_traffic() {
     assert_eq!(server.http_get("/nope").0, 404);
 }
 
+#[test]
+fn without_upstreams_the_upstream_families_are_still_exposed() {
+    let server = Server::start(&[]);
+    let (_, text) = server.http_get("/metrics");
+    for (family, kind) in FAMILIES {
+        let name = format!("cloudmap_dns_{family}");
+        assert!(text.contains(&format!("# TYPE {name} {kind}")), "{family} is exposed");
+    }
+    assert!(text.contains("# TYPE cloudmap_dns_upstream_up gauge"));
+    assert_eq!(series(&text, "upstream_requests_total"), 0, "no upstream, no series");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_follow_the_traffic() {
     let authority = Authority::start().await;
