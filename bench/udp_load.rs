@@ -57,6 +57,18 @@ impl Report {
         MAX_US as f64 / 1000.0
     }
 
+    /// Two runs as one.
+    pub fn merge(mut self, other: Report) -> Report {
+        self.seconds += other.seconds;
+        self.sent += other.sent;
+        self.received += other.received;
+        self.bad += other.bad;
+        for (a, b) in self.hist.iter_mut().zip(other.hist) {
+            *a += b;
+        }
+        self
+    }
+
     pub fn line(&self) -> String {
         format!(
             "qps {:.0} sent {} received {} lost {} bad {} p50_ms {:.3} p90_ms {:.3} p99_ms {:.3} p999_ms {:.3}",
@@ -124,6 +136,23 @@ pub fn pin_process(pid: u32, cpu: usize) {
         unsafe {
             let mut set: libc::cpu_set_t = std::mem::zeroed();
             libc::CPU_SET(cpu, &mut set);
+            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+    }
+}
+
+/// Lets another process run on every CPU again.
+pub fn unpin_process(pid: u32) {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return };
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for task in tasks.flatten() {
+        let Ok(tid) = task.file_name().to_string_lossy().parse::<i32>() else { continue };
+        // SAFETY: as in pin_to.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            for cpu in 0..cpus {
+                libc::CPU_SET(cpu, &mut set);
+            }
             libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
         }
     }

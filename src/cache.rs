@@ -27,7 +27,7 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
-use crate::backend::{Backend, BackendError, Change, Discovered, NamespaceRef};
+use crate::backend::{Backend, BackendError, Change, Discovered, NamespaceRef, Urgency};
 use crate::zone::answer::Catalog;
 use crate::zone::view::ServiceView;
 use crate::zone::{Zone, ZoneTable};
@@ -557,7 +557,7 @@ impl Cache {
                     let slots: Vec<Arc<ServiceSlot>> =
                         ns.services.iter().map(|e| e.value().clone()).collect();
                     for slot in slots {
-                        self.fetch(&ns, &slot).await;
+                        self.fetch(&ns, &slot, Urgency::Background).await;
                     }
                 }
             }
@@ -565,7 +565,7 @@ impl Cache {
                 for ns in self.states_for(&namespace) {
                     let slot = ns.services.get(&service).map(|s| s.clone());
                     if let Some(slot) = slot {
-                        self.fetch(&ns, &slot).await;
+                        self.fetch(&ns, &slot, Urgency::Background).await;
                     }
                 }
             }
@@ -578,7 +578,7 @@ impl Cache {
             self.reload_catalog(&ns).await;
             let slots: Vec<Arc<ServiceSlot>> = ns.services.iter().map(|e| e.value().clone()).collect();
             for slot in slots {
-                self.fetch(&ns, &slot).await;
+                self.fetch(&ns, &slot, Urgency::Background).await;
             }
         }
     }
@@ -651,20 +651,30 @@ impl Cache {
 
     /// Fetches a service now (DiscoverInstances) and records the result, failures included (the
     /// slot turns stale or not-found).
-    async fn fetch(&self, ns: &NamespaceState, slot: &ServiceSlot) {
+    async fn fetch(&self, ns: &NamespaceState, slot: &ServiceSlot, urgency: Urgency) {
         let _guard = slot.load.lock().await;
-        let _ = self.fetch_locked(ns, slot).await;
+        let _ = self.fetch_locked(ns, slot, urgency).await;
     }
 
-    async fn fetch_locked(&self, ns: &NamespaceState, slot: &ServiceSlot) -> Result<(), BackendError> {
+    async fn fetch_locked(
+        &self,
+        ns: &NamespaceState,
+        slot: &ServiceSlot,
+        urgency: Urgency,
+    ) -> Result<(), BackendError> {
         let seen = slot.wanted.begin();
-        let result = self.fetch_now(ns, slot).await;
+        let result = self.fetch_now(ns, slot, urgency).await;
         slot.wanted.done(seen);
         result
     }
 
-    async fn fetch_now(&self, ns: &NamespaceState, slot: &ServiceSlot) -> Result<(), BackendError> {
-        let result = timed("DiscoverInstances", self.backend.discover(&ns.ns, &slot.name)).await;
+    async fn fetch_now(
+        &self,
+        ns: &NamespaceState,
+        slot: &ServiceSlot,
+        urgency: Urgency,
+    ) -> Result<(), BackendError> {
+        let result = timed("DiscoverInstances", self.backend.discover(&ns.ns, &slot.name, urgency)).await;
         slot.attempted();
         match result {
             Ok(d) => {
@@ -688,7 +698,7 @@ impl Cache {
 
     /// Re-validates a service: a revision check, and a fetch when it moved or health is due.
     /// Skipped when the backend was asked about it after `since` (by a concurrent caller).
-    async fn revalidate(&self, ns: &NamespaceState, slot: &ServiceSlot, since: Instant) {
+    async fn revalidate(&self, ns: &NamespaceState, slot: &ServiceSlot, since: Instant, urgency: Urgency) {
         let _guard = slot.load.lock().await;
         if slot.attempted_since(since) {
             return;
@@ -699,16 +709,17 @@ impl Cache {
             (st.raw.as_ref().map(|d| d.revision), due)
         };
         let Some(revision) = revision.filter(|_| !health_due) else {
-            let _ = self.fetch_locked(ns, slot).await;
+            let _ = self.fetch_locked(ns, slot, urgency).await;
             return;
         };
-        let result = timed("DiscoverInstancesRevision", self.backend.revision(&ns.ns, &slot.name)).await;
+        let result =
+            timed("DiscoverInstancesRevision", self.backend.revision(&ns.ns, &slot.name, urgency)).await;
         slot.attempted();
         match result {
             // Equality only: some servers' revisions go down or repeat.
             Ok(r) if r == revision => slot.confirm(),
             Ok(_) => {
-                let _ = self.fetch_locked(ns, slot).await;
+                let _ = self.fetch_locked(ns, slot, urgency).await;
             }
             Err(BackendError::NotFound(_)) => {
                 slot.gone();
@@ -726,13 +737,13 @@ impl Cache {
             if slot.wanted.is_outdated() {
                 let _guard = slot.load.lock().await;
                 if slot.wanted.is_outdated() {
-                    let _ = self.fetch_locked(ns, &slot).await;
+                    let _ = self.fetch_locked(ns, &slot, Urgency::Waiting).await;
                 }
             }
             if let Some(found) = slot.lookup() {
                 return found;
             }
-            self.fetch(ns, &slot).await;
+            self.fetch(ns, &slot, Urgency::Waiting).await;
             return slot.lookup().unwrap_or(Lookup::Outage);
         }
         // aws, and nobody keeps this service fresh: re-validate before answering. Concurrent
@@ -740,11 +751,11 @@ impl Cache {
         let since = Instant::now();
         let has_data = slot.read().view.is_some();
         if has_data {
-            self.revalidate(ns, &slot, since).await;
+            self.revalidate(ns, &slot, since, Urgency::Waiting).await;
         } else {
             let _guard = slot.load.lock().await;
             if !slot.attempted_since(since) {
-                let _ = self.fetch_locked(ns, &slot).await;
+                let _ = self.fetch_locked(ns, &slot, Urgency::Waiting).await;
             }
         }
         if !slot.refreshing.swap(true, Ordering::AcqRel) {
@@ -768,7 +779,7 @@ impl Cache {
                 tracing::debug!(service = %slot.name, "idle: no longer refreshed");
                 return;
             }
-            self.revalidate(&ns, &slot, Instant::now()).await;
+            self.revalidate(&ns, &slot, Instant::now(), Urgency::Background).await;
         }
     }
 

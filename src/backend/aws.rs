@@ -18,7 +18,9 @@ use rand::Rng;
 use sd::error::ProvideErrorMetadata;
 use tokio::time::Instant;
 
-use super::{Backend, BackendError, Change, Discovered, DiscoveredInstance, NamespaceRef, ServiceInfo};
+use super::{
+    Backend, BackendError, Change, Discovered, DiscoveredInstance, NamespaceRef, ServiceInfo, Urgency,
+};
 
 #[derive(Debug, Clone)]
 pub struct AwsSettings {
@@ -95,13 +97,13 @@ impl Aws {
     }
 
     /// Runs one call within the budget, classifying its failure.
-    async fn call<T, E, F, Fut>(&self, f: F) -> Result<T, BackendError>
+    async fn call<T, E, F, Fut>(&self, urgency: Urgency, f: F) -> Result<T, BackendError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, sd::error::SdkError<E>>>,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        self.budget.acquire().await;
+        self.budget.acquire(urgency).await;
         match f().await {
             Ok(v) => {
                 self.budget.succeeded();
@@ -127,7 +129,7 @@ impl Aws {
         let mut token = None;
         loop {
             let page = self
-                .call(|| {
+                .call(Urgency::Waiting, || {
                     self.control
                         .list_namespaces()
                         .filters(filter.clone())
@@ -197,7 +199,7 @@ impl Backend for Aws {
         let mut token = None;
         loop {
             let page = self
-                .call(|| {
+                .call(Urgency::Waiting, || {
                     self.control.list_services().filters(filter.clone()).set_next_token(token.clone()).send()
                 })
                 .await?;
@@ -214,9 +216,14 @@ impl Backend for Aws {
         }
     }
 
-    async fn discover(&self, ns: &NamespaceRef, service: &str) -> Result<Discovered, BackendError> {
+    async fn discover(
+        &self,
+        ns: &NamespaceRef,
+        service: &str,
+        urgency: Urgency,
+    ) -> Result<Discovered, BackendError> {
         let out = self
-            .call(|| {
+            .call(urgency, || {
                 self.data
                     .discover_instances()
                     .namespace_name(&ns.http_name)
@@ -245,9 +252,14 @@ impl Backend for Aws {
         })
     }
 
-    async fn revision(&self, ns: &NamespaceRef, service: &str) -> Result<i64, BackendError> {
+    async fn revision(
+        &self,
+        ns: &NamespaceRef,
+        service: &str,
+        urgency: Urgency,
+    ) -> Result<i64, BackendError> {
         let out = self
-            .call(|| {
+            .call(urgency, || {
                 self.data
                     .discover_instances_revision()
                     .namespace_name(&ns.http_name)
@@ -275,6 +287,8 @@ impl Backend for Aws {
 /// One token bucket for every call to Cloud Map, with a shared back-off after throttling.
 pub struct Budget {
     state: Mutex<BudgetState>,
+    /// Background calls queue here, one at a time in line for spare capacity.
+    background: tokio::sync::Mutex<()>,
 }
 
 struct BudgetState {
@@ -292,25 +306,49 @@ impl Budget {
     pub fn new(rate: f64) -> Budget {
         let now = Instant::now();
         let next = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
-        Budget { state: Mutex::new(BudgetState { rate: rate.max(0.001), next, penalty: Duration::ZERO }) }
+        Budget {
+            state: Mutex::new(BudgetState { rate: rate.max(0.001), next, penalty: Duration::ZERO }),
+            background: tokio::sync::Mutex::new(()),
+        }
     }
 
     pub fn set_rate(&self, rate: f64) {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).rate = rate.max(0.001);
     }
 
-    /// Waits for this call's turn.
-    pub async fn acquire(&self) {
+    /// Waits for this call's turn. A waiting call reserves the next free slot at once; a
+    /// background call takes only a slot that is free now, after every reservation made before
+    /// it, so however many refreshes are due a miss waits at most one slot behind them.
+    pub async fn acquire(&self, urgency: Urgency) {
+        if urgency == Urgency::Background {
+            let _line = self.background.lock().await;
+            loop {
+                let free_at = {
+                    let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+                    let now = Instant::now();
+                    if s.next <= now {
+                        Self::take(&mut s, now);
+                        return;
+                    }
+                    s.next
+                };
+                tokio::time::sleep_until(free_at).await;
+            }
+        }
         let at = {
             let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            // Unused capacity accumulates for at most one second (the burst).
-            let earliest = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
-            let at = s.next.max(earliest);
-            s.next = at + Duration::from_secs_f64(1.0 / s.rate);
-            at
+            Self::take(&mut s, Instant::now())
         };
         tokio::time::sleep_until(at).await;
+    }
+
+    /// Reserves the next slot; when it starts.
+    fn take(s: &mut BudgetState, now: Instant) -> Instant {
+        // Unused capacity accumulates for at most one second (the burst).
+        let earliest = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+        let at = s.next.max(earliest);
+        s.next = at + Duration::from_secs_f64(1.0 / s.rate);
+        at
     }
 
     /// The share of the one-second burst available now: 1 = calls go at once, 0 = they wait
@@ -344,7 +382,7 @@ mod tests {
         let b = Budget::new(10.0);
         let start = Instant::now();
         for _ in 0..30 {
-            b.acquire().await;
+            b.acquire(Urgency::Waiting).await;
         }
         // 10 of burst, then 20 more at 10/s.
         let spent = start.elapsed();
@@ -353,7 +391,33 @@ mod tests {
         let before = Instant::now();
         b.throttled();
         b.throttled();
-        b.acquire().await;
+        b.acquire(Urgency::Waiting).await;
         assert!(before.elapsed() >= Duration::from_millis(200), "backed off: {:?}", before.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn waiting_calls_go_before_a_backlog_of_background_ones() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let b = Arc::new(Budget::new(10.0));
+        let start = Instant::now();
+        let done = Arc::new(AtomicUsize::new(0));
+        for _ in 0..100 {
+            let (b, done) = (b.clone(), done.clone());
+            tokio::spawn(async move {
+                b.acquire(Urgency::Background).await;
+                done.fetch_add(1, Ordering::SeqCst);
+            });
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // The burst and 3 s at 10/s are spent; some 60 background calls still wait.
+        let before = Instant::now();
+        b.acquire(Urgency::Waiting).await;
+        assert!(before.elapsed() <= Duration::from_millis(100), "a miss waited {:?}", before.elapsed());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Still within the budget: one second of burst plus the rate.
+        let calls = done.load(Ordering::SeqCst) + 1;
+        let allowed = 10 + (start.elapsed().as_secs_f64() * 10.0) as usize + 1;
+        assert!(calls <= allowed && calls >= allowed - 3, "{calls} calls, {allowed} allowed");
     }
 }

@@ -3,7 +3,9 @@
 
 use crate::registry::{Registry, RegistryError};
 
-use super::{Backend, BackendError, Change, Discovered, DiscoveredInstance, NamespaceRef, ServiceInfo};
+use super::{
+    Backend, BackendError, Change, Discovered, DiscoveredInstance, NamespaceRef, ServiceInfo, Urgency,
+};
 
 pub struct Embedded {
     registry: Registry,
@@ -42,7 +44,12 @@ impl Backend for Embedded {
         Ok(rows.into_iter().map(|(name, grpc_config)| ServiceInfo { name, grpc_config }).collect())
     }
 
-    async fn discover(&self, ns: &NamespaceRef, service: &str) -> Result<Discovered, BackendError> {
+    async fn discover(
+        &self,
+        ns: &NamespaceRef,
+        service: &str,
+        _: Urgency,
+    ) -> Result<Discovered, BackendError> {
         let (namespace, service) = (ns.http_name.clone(), service.to_string());
         let (out, grpc_config) = self
             .registry
@@ -68,8 +75,13 @@ impl Backend for Embedded {
         })
     }
 
-    async fn revision(&self, ns: &NamespaceRef, service: &str) -> Result<i64, BackendError> {
-        Ok(self.discover(ns, service).await?.revision)
+    async fn revision(
+        &self,
+        ns: &NamespaceRef,
+        service: &str,
+        urgency: Urgency,
+    ) -> Result<i64, BackendError> {
+        Ok(self.discover(ns, service, urgency).await?.revision)
     }
 
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {

@@ -60,6 +60,14 @@ pub enum BackendError {
 /// What changed in the backend, for backends that can say (the embedded one).
 pub use crate::registry::Change;
 
+/// Who waits for a backend call: a client's query (a miss), or nobody (the background refresh).
+/// A budgeted backend serves waiting calls first, so a backlog of refreshes never delays a miss.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Urgency {
+    Waiting,
+    Background,
+}
+
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + 'static {
     /// `embedded` or `aws`, for `_cloudmap` TXT and logs.
@@ -73,10 +81,16 @@ pub trait Backend: Send + Sync + 'static {
     async fn services(&self, ns: &NamespaceRef) -> Result<Vec<ServiceInfo>, BackendError>;
 
     /// All instances of a service (DiscoverInstances, HealthStatus ALL).
-    async fn discover(&self, ns: &NamespaceRef, service: &str) -> Result<Discovered, BackendError>;
+    async fn discover(
+        &self,
+        ns: &NamespaceRef,
+        service: &str,
+        urgency: Urgency,
+    ) -> Result<Discovered, BackendError>;
 
     /// The service's InstancesRevision (DiscoverInstancesRevision).
-    async fn revision(&self, ns: &NamespaceRef, service: &str) -> Result<i64, BackendError>;
+    async fn revision(&self, ns: &NamespaceRef, service: &str, urgency: Urgency)
+    -> Result<i64, BackendError>;
 
     /// Pushed changes, when the backend has them; `None` means poll.
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>>;

@@ -10,7 +10,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use cloudmap_dns::acl::{self, Acl};
-use cloudmap_dns::backend::{Backend, BackendError, Change, Discovered, DiscoveredInstance, NamespaceRef, ServiceInfo};
+use cloudmap_dns::backend::{
+    Backend, BackendError, Change, Discovered, DiscoveredInstance, NamespaceRef, ServiceInfo, Urgency,
+};
 use cloudmap_dns::cache::{Cache, CacheSettings, ZoneSource};
 use cloudmap_dns::dns::engine::{Engine, EngineSettings, Transport};
 use cloudmap_dns::dns::wire;
@@ -44,7 +46,7 @@ impl Backend for Fixed {
             .map(|n| ServiceInfo { name: n.to_string(), grpc_config: None })
             .collect())
     }
-    async fn discover(&self, _: &NamespaceRef, service: &str) -> Result<Discovered, BackendError> {
+    async fn discover(&self, _: &NamespaceRef, service: &str, _: Urgency) -> Result<Discovered, BackendError> {
         let instances = match service {
             "web" => vec![
                 instance("w1", &[("AWS_INSTANCE_IPV4", "10.0.0.1"), ("AWS_INSTANCE_PORT", "80"), ("v", "1.2")], "HEALTHY"),
@@ -59,7 +61,7 @@ impl Backend for Fixed {
         };
         Ok(Discovered { revision: 1, instances, grpc_config: Some("{\"a\":1}".into()) })
     }
-    async fn revision(&self, _: &NamespaceRef, _: &str) -> Result<i64, BackendError> {
+    async fn revision(&self, _: &NamespaceRef, _: &str, _: Urgency) -> Result<i64, BackendError> {
         Ok(1)
     }
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {

@@ -1,0 +1,378 @@
+//! Cloud Map scale and freshness under load, end to end with the release binary on loopback.
+//!
+//! `cargo bench --bench scale` runs both; `-- scale` or `-- freshness` one of them.
+//!
+//! - **scale**: a registry (a cloudmap-dns embedded registry, behind a proxy that counts every
+//!   call) holds 50 namespaces, 10,000 services and 100,000 instances, plus a namespace of 1,000
+//!   services x 3 instances for comparison. A cloudmap-dns with the aws backend serves the 50
+//!   namespaces; every service is asked for (so all 10,000 are active). Reports its resident
+//!   memory (and per instance), its answer-path q/s over the 10,000 names against another aws
+//!   instance serving the 3,000-instance namespace, and the calls/s the registry saw at steady
+//!   state against the configured `backend.rate_limit` (pass or fail).
+//! - **freshness**: with the server at half of its saturation (open-loop load, bench/udp_load.rs),
+//!   the time from DeregisterInstance returning to the first DNS answer without the instance:
+//!   p50/p99/max, for the embedded backend (target 10 ms) and the aws backend (target
+//!   refresh_ms + 50 ms).
+//!
+//! The server under test is pinned to CPU 0 and the load generator to CPU 1 where there are two.
+//! Env: SCALE_RATE_LIMIT (calls/s, default 500), SCALE_WINDOW_S (steady-state window, 30),
+//! FRESH_SAMPLES (embedded, 200), FRESH_AWS_SAMPLES (60).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "loader.rs"]
+mod loader;
+#[path = "udp_load.rs"]
+mod udp_load;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{Server, dns, proxy::Proxy};
+use tokio::sync::Semaphore;
+use udp_load::Pace;
+
+const SERVER_CPU: usize = 0;
+const LOAD_CPU: usize = 1;
+const NAMESPACES: usize = 50;
+const SERVICES: usize = 10_000;
+const INSTANCES: usize = 100_000;
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn two_cpus() -> bool {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) >= 2
+}
+
+/// The registry every scenario registers through: raised quotas (the scale data is 50
+/// namespaces of 2,000 instances, AWS's default per-namespace quota, plus the others).
+fn registry(dir: &Path) -> Server {
+    let conf = dir.join("registry.toml");
+    std::fs::write(&conf, "[registry.quotas]\nnamespaces = 100\ninstances_per_namespace = 100000\n").unwrap();
+    Server::start_in(&dir.join("registry"), &["--config", conf.to_str().unwrap()]).expect("registry starts")
+}
+
+/// A cloudmap-dns with the aws backend against `endpoint`, serving `zones` (zone, namespace).
+fn aws_server(dir: &Path, name: &str, endpoint: &str, backend: &str, zones: &[(String, String)]) -> Server {
+    let mut conf = format!(
+        "[dns]\nudp_workers = 1\n[backend]\nkind = \"aws\"\nendpoint_url = \"{endpoint}\"\n{backend}\n"
+    );
+    for (zone, ns) in zones {
+        conf += &format!("[[dns.zones]]\nzone = \"{zone}\"\nnamespace = \"{ns}\"\n");
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, conf).unwrap();
+    Server::start_in(&dir.join(name), &["--config", path.to_str().unwrap()]).expect("aws server starts")
+}
+
+fn queries(names: &[String]) -> Vec<Vec<u8>> {
+    names.iter().map(|n| udp_load::query(n, 1)).collect()
+}
+
+/// Asks every name until each is answered with records (misses wait for the backend's budget),
+/// at `rate` queries/s; the rounds it took.
+fn warm(server: SocketAddr, names: &[String], rate: f64) -> usize {
+    let mut left: Vec<String> = names.to_vec();
+    for round in 1..=20 {
+        let q = queries(&left);
+        udp_load::run(server, &q, Pace::Rate(rate), Duration::from_secs_f64(left.len() as f64 / rate));
+        left.retain(|n| {
+            let m = dns::udp_raw(server, &dns::query(n, 1), Duration::from_secs(5)).map(|b| dns::parse(&b));
+            !m.is_some_and(|m| !dns::a(&m).is_empty())
+        });
+        if left.is_empty() {
+            return round;
+        }
+        eprintln!("  warm round {round}: {} names not answered yet", left.len());
+    }
+    panic!("{} names never answered", left.len());
+}
+
+/// Saturation (200 in flight) over `q`, then the q/s.
+fn saturate(server: SocketAddr, q: &[Vec<u8>], seconds: f64) -> udp_load::Report {
+    udp_load::run(server, q, Pace::Window(200), Duration::from_secs_f64(seconds))
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+async fn scale(dir: &Path) {
+    let rate_limit: f64 = env_or("SCALE_RATE_LIMIT", 500.0);
+    let window = Duration::from_secs(env_or("SCALE_WINDOW_S", 30));
+    println!("## scale: {NAMESPACES} namespaces, {SERVICES} services, {INSTANCES} instances (aws backend)");
+    let registry = registry(dir);
+    let c = registry.client();
+    let gate = Arc::new(Semaphore::new(32));
+    let started = Instant::now();
+    let mut per_ns: Vec<loader::Services> = vec![loader::Services::new(); NAMESPACES];
+    for (k, (name, v)) in loader::synthetic(SERVICES, INSTANCES).into_iter().enumerate() {
+        per_ns[k % NAMESPACES].insert(name, v);
+    }
+    // Which namespace each service landed in, for its DNS name.
+    let mut names = Vec::with_capacity(SERVICES);
+    let mut loaded = 0;
+    for (k, services) in per_ns.into_iter().enumerate() {
+        names.extend(services.keys().map(|s| format!("{s}.ns{k}.scale")));
+        let id = loader::namespace(&c, &format!("ns{k}")).await;
+        loaded += loader::load(&c, &id, services, &gate).await;
+    }
+    let small_id = loader::namespace(&c, "small").await;
+    let small = loader::synthetic(1_000, 3_000);
+    let small_names: Vec<String> = small.keys().map(|s| format!("{s}.small.scale")).collect();
+    loaded += loader::load(&c, &small_id, small, &gate).await;
+    println!("registered {loaded} instances through the API in {:.0} s", started.elapsed().as_secs_f64());
+
+    let proxy = Proxy::start(registry.api);
+    let zones: Vec<(String, String)> =
+        (0..NAMESPACES).map(|k| (format!("ns{k}.scale"), format!("ns{k}"))).collect();
+    let backend = format!("rate_limit = {rate_limit}");
+    let big = aws_server(dir, "big", &proxy.url(), &backend, &zones);
+    let pid = big.child.id();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_start = udp_load::rss_bytes(pid);
+
+    // Every service asked for once (misses wait for the budget), then all are active.
+    let warm_started = Instant::now();
+    let rounds = warm(big.dns, &names, rate_limit * 0.8);
+    println!(
+        "all {SERVICES} services answered in {:.0} s ({rounds} round(s)); server RSS at start {:.1} MiB",
+        warm_started.elapsed().as_secs_f64(),
+        mib(rss_start)
+    );
+
+    // Steady state: only the background refresh calls the backend now.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let from = Instant::now();
+    let before = proxy.calls().len();
+    tokio::time::sleep(window).await;
+    let calls = proxy.calls().len() - before;
+    let secs = from.elapsed().as_secs_f64();
+    let per_s = calls as f64 / secs;
+    // The token bucket may spend one second's burst on top of the rate.
+    let allowed = rate_limit * (secs + 1.0);
+    let pass = (calls as f64) <= allowed;
+    let calls_list = proxy.calls();
+    let mut ops: std::collections::BTreeMap<String, usize> = Default::default();
+    for call in calls_list.iter().filter(|c| c.at >= from) {
+        *ops.entry(call.operation.clone()).or_default() += 1;
+    }
+    println!(
+        "backend calls at steady state, counted at the registry: {per_s:.1}/s over {secs:.0} s ({ops:?}); budget {rate_limit}/s: {}",
+        if pass { "PASS" } else { "FAIL" }
+    );
+    println!(
+        "each active service is re-validated every {:.1} s on average (refresh_ms 1000 wanted; the budget stretches it)",
+        SERVICES as f64 / per_s.max(0.001)
+    );
+
+    let rss = udp_load::rss_bytes(pid);
+    println!(
+        "server RSS with {INSTANCES} instances cached: {:.1} MiB (< 256 MiB: {}); {:.0} bytes per instance above the start",
+        mib(rss),
+        if rss < 256 << 20 { "PASS" } else { "FAIL" },
+        rss.saturating_sub(rss_start) as f64 / INSTANCES as f64
+    );
+
+    // The answer path: the same server over its 10,000 names against another aws instance
+    // serving the 3,000-instance namespace, same budget, one after the other, twice.
+    let small_server =
+        aws_server(dir, "small", &proxy.url(), &backend, &[("small.scale".into(), "small".into())]);
+    warm(small_server.dns, &small_names, rate_limit * 0.8);
+    let pinned = two_cpus();
+    if pinned {
+        udp_load::pin_process(pid, SERVER_CPU);
+        udp_load::pin_process(small_server.child.id(), SERVER_CPU);
+    }
+    let (big_q, small_q) = (queries(&names), queries(&small_names));
+    let mut rows = Vec::new();
+    let load = std::thread::spawn(move || {
+        if pinned {
+            udp_load::pin_to(LOAD_CPU);
+        }
+        for _ in 0..2 {
+            rows.push(("100,000 instances, 10,000 names", saturate(big.dns, &big_q, 5.0)));
+            rows.push(("3,000 instances, 1,000 names", saturate(small_server.dns, &small_q, 5.0)));
+        }
+        (rows, big, small_server)
+    });
+    let (rows, big, _small) = load.join().unwrap();
+    println!("| data | q/s | lost | bad | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|");
+    for (what, r) in &rows {
+        println!(
+            "| {what} | {:.0} | {} | {} | {:.3} | {:.3} |",
+            r.qps(),
+            r.lost(),
+            r.bad,
+            r.percentile_ms(0.5),
+            r.percentile_ms(0.99)
+        );
+    }
+    let best = |label: &str| {
+        rows.iter().filter(|(w, _)| w.starts_with(label)).map(|(_, r)| r.qps()).fold(0.0, f64::max)
+    };
+    println!("answer path at 100,000 instances / at 3,000: {:.2}", best("100,000") / best("3,000"));
+    println!("server RSS after the load: {:.1} MiB", mib(udp_load::rss_bytes(big.child.id())));
+}
+
+/// Polls `name` until its A records satisfy `want`; when that was first seen.
+fn until_answer(
+    server: SocketAddr,
+    name: &str,
+    limit: Duration,
+    want: impl Fn(&[Ipv4Addr]) -> bool,
+) -> Option<Instant> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if let Some(b) = dns::udp_raw(server, &dns::query(name, 1), Duration::from_millis(200)) {
+            let at = Instant::now();
+            if want(&dns::a(&dns::parse(&b))) {
+                return Some(at);
+            }
+        }
+    }
+    None
+}
+
+/// Registers and deregisters probe instances of `service_id` (DNS name `name`) while the server
+/// (already pinned) takes open-loop load at half of its saturation over `names`; prints the
+/// time from each DeregisterInstance returning to the first answer without the instance.
+async fn freshness_under_load(
+    what: &str,
+    c: &aws_sdk_servicediscovery::Client,
+    service_id: &str,
+    name: &str,
+    server: SocketAddr,
+    names: &[String],
+    samples: usize,
+    target: Duration,
+) {
+    let q = queries(names);
+    let pinned = two_cpus();
+    let q2 = q.clone();
+    let sat = std::thread::spawn(move || {
+        if pinned {
+            udp_load::pin_to(LOAD_CPU);
+        }
+        saturate(server, &q2, 3.0)
+    })
+    .join()
+    .unwrap();
+    let rate = sat.qps() / 2.0;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let load = std::thread::spawn(move || {
+        if pinned {
+            udp_load::pin_to(LOAD_CPU);
+        }
+        let mut total: Option<udp_load::Report> = None;
+        while !stop2.load(Ordering::Relaxed) {
+            let r = udp_load::run(server, &q, Pace::Rate(rate), Duration::from_secs(2));
+            total = Some(match total {
+                Some(t) => t.merge(r),
+                None => r,
+            });
+        }
+        total
+    });
+    let wait = target * 4 + Duration::from_secs(2);
+    let mut got = Vec::new();
+    for i in 0..samples {
+        let id = format!("probe{i}");
+        let ip = Ipv4Addr::new(10, 250, (i >> 8) as u8, i as u8);
+        let r = c
+            .register_instance()
+            .service_id(service_id)
+            .instance_id(&id)
+            .attributes("AWS_INSTANCE_IPV4", ip.to_string());
+        r.send().await.expect("register");
+        until_answer(server, name, wait, |a| a.contains(&ip)).expect("the probe instance shows");
+        c.deregister_instance().service_id(service_id).instance_id(&id).send().await.expect("deregister");
+        let returned = Instant::now();
+        let at = until_answer(server, name, wait, |a| !a.contains(&ip)).expect("the probe instance goes");
+        got.push(at.saturating_duration_since(returned));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let load = load.join().unwrap().expect("load ran");
+    got.sort();
+    let pct = |p: f64| got[((got.len() as f64 * p).ceil() as usize).clamp(1, got.len()) - 1];
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "| {what} | {:.0} of {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
+        rate,
+        sat.qps(),
+        load.lost(),
+        samples,
+        ms(pct(0.5)),
+        ms(pct(0.99)),
+        ms(got[got.len() - 1]),
+        ms(target),
+        if pct(0.99) <= target { "PASS" } else { "FAIL" }
+    );
+}
+
+async fn freshness(dir: &Path) {
+    let samples: usize = env_or("FRESH_SAMPLES", 200);
+    let aws_samples: usize = env_or("FRESH_AWS_SAMPLES", 60);
+    println!("## freshness under load: DeregisterInstance returned -> first answer without the instance");
+    let registry = registry(dir);
+    let c = registry.client();
+    let ns = loader::namespace(&c, "fresh").await;
+    let data = loader::synthetic(1_000, 3_000);
+    let names: Vec<String> = data.keys().map(|s| format!("{s}.fresh")).collect();
+    loader::load(&c, &ns, data, &Arc::new(Semaphore::new(32))).await;
+    let probe = c.create_service().name("probe").namespace_id(&ns).send().await.expect("probe service");
+    let probe = probe.service().and_then(|s| s.id()).expect("service id").to_string();
+    // An instance that stays, so the name answers throughout.
+    let anchor = c.register_instance().service_id(&probe).instance_id("anchor");
+    anchor.attributes("AWS_INSTANCE_IPV4", "10.251.0.1").send().await.expect("anchor");
+    println!(
+        "| backend | load q/s (of saturation) | load lost | samples | p50 ms | p99 ms | max ms | target ms | |\n|---|---:|---:|---:|---:|---:|---:|---:|---|"
+    );
+
+    // Embedded: the registry's own DNS server, one process.
+    let pinned = two_cpus();
+    warm(registry.dns, &names, 20_000.0);
+    if pinned {
+        udp_load::pin_process(registry.child.id(), SERVER_CPU);
+    }
+    let target = Duration::from_millis(10);
+    freshness_under_load("embedded", &c, &probe, "probe.fresh", registry.dns, &names, samples, target).await;
+    if pinned {
+        udp_load::unpin_process(registry.child.id());
+    }
+
+    // aws: a second cloudmap-dns against the registry's API. Its budget covers the 1,001
+    // active services at one revision call per refresh (refresh_ms 1000).
+    let refresh = 1000;
+    let backend = format!("refresh_ms = {refresh}\nrate_limit = 2500");
+    let aws =
+        aws_server(dir, "fresh-aws", &registry.endpoint(), &backend, &[("fresh".into(), "fresh".into())]);
+    warm(aws.dns, &names, 2_000.0);
+    if pinned {
+        udp_load::pin_process(aws.child.id(), SERVER_CPU);
+    }
+    let target = Duration::from_millis(refresh + 50);
+    freshness_under_load("aws", &c, &probe, "probe.fresh", aws.dns, &names, aws_samples, target).await;
+}
+
+fn main() {
+    // cargo bench passes --bench; the rest picks scenarios.
+    let picked: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let run = |name: &str| picked.is_empty() || picked.iter().any(|p| p == name);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        if run("scale") {
+            scale(tmp.path()).await;
+        }
+        if run("freshness") {
+            freshness(tmp.path()).await;
+        }
+    });
+}
