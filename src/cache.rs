@@ -177,6 +177,9 @@ async fn timed<T>(
     result
 }
 
+/// The least time between two snapshot writes; longer when writing takes long.
+const SNAPSHOT_MIN_PAUSE: Duration = Duration::from_secs(1);
+
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -315,7 +318,8 @@ impl NamespaceState {
         self.catalog.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    fn set_catalog(&self, names: Vec<String>) {
+    /// Sets the service names; whether they changed.
+    fn set_catalog(&self, names: Vec<String>) -> bool {
         let new = Catalog::new(names);
         let mut c = self.catalog.write().unwrap_or_else(|p| p.into_inner());
         let changed = c.as_ref().is_none_or(|old| {
@@ -330,6 +334,7 @@ impl NamespaceState {
             drop(c);
             bump(&self.catalog_generation);
         }
+        changed
     }
 
     fn slot(&self, name: &str) -> Arc<ServiceSlot> {
@@ -485,14 +490,20 @@ impl Cache {
         if self.settings.load().snapshot.is_some() && !self.push {
             let cache = self.clone();
             tokio::spawn(async move {
+                let mut pause = SNAPSHOT_MIN_PAUSE;
                 loop {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    if cache.dirty.swap(false, Ordering::AcqRel)
-                        && let Err(e) = cache.write_snapshot().await
-                    {
+                    tokio::time::sleep(pause).await;
+                    if !cache.dirty.swap(false, Ordering::AcqRel) {
+                        continue;
+                    }
+                    let started = Instant::now();
+                    if let Err(e) = cache.write_snapshot().await {
                         tracing::warn!(error = %e, "cannot write the cache snapshot");
                         cache.dirty.store(true, Ordering::Release);
                     }
+                    // Writing costs time in proportion to the data (100,000 instances: tens of
+                    // milliseconds): keep it under 2% of one core.
+                    pause = SNAPSHOT_MIN_PAUSE.max(started.elapsed() * 50);
                 }
             });
         }
@@ -547,12 +558,12 @@ impl Cache {
                 self.rebuild_zones().await;
                 // A namespace re-created under the same name holds other services now.
                 for ns in self.namespaces.iter().map(|e| e.value().clone()).collect::<Vec<_>>() {
-                    self.reload_catalog(&ns).await;
+                    self.reload_catalog(&ns, Urgency::Background).await;
                 }
             }
             Change::Services { namespace } => {
                 for ns in self.states_for(&namespace) {
-                    self.reload_catalog(&ns).await;
+                    self.reload_catalog(&ns, Urgency::Background).await;
                     // A service deleted and re-created must not keep its old instances.
                     let slots: Vec<Arc<ServiceSlot>> =
                         ns.services.iter().map(|e| e.value().clone()).collect();
@@ -575,7 +586,7 @@ impl Cache {
     async fn reload_all(&self) {
         self.rebuild_zones().await;
         for ns in self.namespaces.iter().map(|e| e.value().clone()).collect::<Vec<_>>() {
-            self.reload_catalog(&ns).await;
+            self.reload_catalog(&ns, Urgency::Background).await;
             let slots: Vec<Arc<ServiceSlot>> = ns.services.iter().map(|e| e.value().clone()).collect();
             for slot in slots {
                 self.fetch(&ns, &slot, Urgency::Background).await;
@@ -587,14 +598,15 @@ impl Cache {
         self.namespaces.iter().filter(|e| e.key().http_name == http_name).map(|e| e.value().clone()).collect()
     }
 
-    async fn reload_catalog(&self, ns: &NamespaceState) -> bool {
+    async fn reload_catalog(&self, ns: &NamespaceState, urgency: Urgency) -> bool {
         let _guard = ns.catalog_load.lock().await;
         let seen = ns.catalog_wanted.begin();
-        match timed("ListServices", self.backend.services(&ns.ns)).await {
+        match timed("ListServices", self.backend.services(&ns.ns, urgency)).await {
             Ok(services) => {
-                ns.set_catalog(services.into_iter().map(|s| s.name).collect());
+                if ns.set_catalog(services.into_iter().map(|s| s.name).collect()) {
+                    self.dirty.store(true, Ordering::Release);
+                }
                 ns.catalog_wanted.done(seen);
-                self.dirty.store(true, Ordering::Release);
                 true
             }
             Err(BackendError::NotFound(_)) => {
@@ -615,7 +627,9 @@ impl Cache {
             let _guard = ns.catalog_load.lock().await;
             if ns.catalog_wanted.is_outdated() {
                 let seen = ns.catalog_wanted.begin();
-                if let Ok(services) = timed("ListServices", self.backend.services(&ns.ns)).await {
+                if let Ok(services) =
+                    timed("ListServices", self.backend.services(&ns.ns, Urgency::Waiting)).await
+                {
                     ns.set_catalog(services.into_iter().map(|s| s.name).collect());
                 }
                 ns.catalog_wanted.done(seen);
@@ -627,9 +641,13 @@ impl Cache {
         {
             let _guard = ns.catalog_load.lock().await;
             if ns.current_catalog().is_none() {
-                match timed("ListServices", self.backend.services(&ns.ns)).await {
-                    Ok(services) => ns.set_catalog(services.into_iter().map(|s| s.name).collect()),
-                    Err(BackendError::NotFound(_)) => ns.set_catalog(Vec::new()),
+                match timed("ListServices", self.backend.services(&ns.ns, Urgency::Waiting)).await {
+                    Ok(services) => {
+                        ns.set_catalog(services.into_iter().map(|s| s.name).collect());
+                    }
+                    Err(BackendError::NotFound(_)) => {
+                        ns.set_catalog(Vec::new());
+                    }
                     Err(e) => {
                         tracing::warn!(namespace = %ns.ns.http_name, error = %e, "cannot list services")
                     }
@@ -642,7 +660,7 @@ impl Cache {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(cache.settings.load().catalog_refresh).await;
-                    cache.reload_catalog(&state).await;
+                    cache.reload_catalog(&state, Urgency::Background).await;
                 }
             });
         }
@@ -783,17 +801,21 @@ impl Cache {
         }
     }
 
-    async fn write_snapshot(&self) -> std::io::Result<()> {
+    /// Copies, encodes and writes the snapshot off the async workers: at 100,000 instances
+    /// that is long enough to delay queries.
+    async fn write_snapshot(self: &Arc<Self>) -> std::io::Result<()> {
         let Some(path) = self.settings.load().snapshot.clone() else { return Ok(()) };
-        let snapshot = self.to_snapshot();
-        let bytes = serde_json::to_vec(&snapshot).map_err(std::io::Error::other)?;
-        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
-            .await
-            .map_err(std::io::Error::other)?
+        let cache = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let bytes = serde_json::to_vec(&cache.to_snapshot()).map_err(std::io::Error::other)?;
+            write_atomically(&path, &bytes)
+        })
+        .await
+        .map_err(std::io::Error::other)?
     }
 
     /// Writes the snapshot now (shutdown).
-    pub async fn flush(&self) {
+    pub async fn flush(self: &Arc<Self>) {
         if self.settings.load().snapshot.is_some()
             && !self.push
             && let Err(e) = self.write_snapshot().await

@@ -105,6 +105,8 @@ pub struct Metrics {
     pub active_services: IntGauge,
     pub forward_prefetches: IntCounter,
     pub forward_loops: IntCounter,
+    /// `queries_dropped_total{reason="overload"}`.
+    pub dropped_overload: IntCounter,
     /// `config_reloads_total{outcome="applied"|"rejected"}`.
     pub reloads_applied: IntCounter,
     pub reloads_rejected: IntCounter,
@@ -289,6 +291,13 @@ impl Metrics {
                 "forward_loops_total",
                 "Forwarding loops found (our probe came back), and queries answered SERVFAIL because of one.",
             );
+            let dropped = counter_vec(
+                &r,
+                "queries_dropped_total",
+                "Queries read and not answered, by reason: overload (too many queries already waiting for the backend or upstreams).",
+                &["reason"],
+            );
+            let dropped_overload = dropped.with_label_values(&["overload"]);
             let reloads = counter_vec(
                 &r,
                 "config_reloads_total",
@@ -321,6 +330,7 @@ impl Metrics {
                 active_services,
                 forward_prefetches,
                 forward_loops,
+                dropped_overload,
                 reloads_applied,
                 reloads_rejected,
             }

@@ -358,3 +358,39 @@ async fn concurrent_queries_after_idle_share_one_revalidation() {
     // One re-validation for all of them (the refresher may add one more during the run).
     assert!(calls <= 2, "{calls} calls for 100 concurrent queries");
 }
+
+/// With the backend slow, at most 10,000 UDP queries wait for it: more are dropped (the client
+/// retries) and counted, so memory stays bounded; once the backend answers, so does the server.
+#[tokio::test]
+async fn misses_waiting_for_a_slow_backend_are_capped() {
+    let (registry, _c, _svc) = registry().await;
+    let proxy = Proxy::start(registry.api);
+    let tmp = tempfile::tempdir().unwrap();
+    // Calls wait out the latency (no timeout): the backend is slow, not failing.
+    let server = dns_server(tmp.path(), &proxy, "call_timeout_ms = 20000").unwrap();
+    assert_eq!(ips(&server, "web.lab.example"), ["10.0.0.1", "10.0.0.2"]);
+    proxy.set(Mode::Forward { latency: Duration::from_secs(4) });
+
+    // 15,000 queries for a service never asked before: each waits for the one slow call.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut query = dns::query("cold.lab.example", A);
+    for i in 0..15_000u16 {
+        query[..2].copy_from_slice(&i.to_be_bytes());
+        sock.send_to(&query, server.dns).unwrap();
+        if i % 500 == 0 {
+            // Paced so the server's socket buffer does not drop them before it reads them.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let dropped = || server.metric("cloudmap_dns_queries_dropped_total", &[("reason", "overload")]);
+    common::until(Duration::from_secs(3), || dropped() >= 1_000.0).await;
+    assert!(dropped() <= 5_000.0, "{} dropped", dropped());
+    // The slow call returns; the waiting queries are answered and new ones are served again.
+    proxy.set(Mode::Forward { latency: Duration::ZERO });
+    common::until(Duration::from_secs(15), || {
+        dns::udp_raw(server.dns, &dns::query("cold.lab.example", A), Duration::from_millis(500))
+            .is_some_and(|b| dns::rcode(&dns::parse(&b)) == ResponseCode::NoError)
+    })
+    .await;
+    assert_eq!(ips(&server, "web.lab.example"), ["10.0.0.1", "10.0.0.2"]);
+}

@@ -119,7 +119,7 @@ impl Aws {
         }
     }
 
-    async fn namespace_id(&self, ns: &NamespaceRef) -> Result<String, BackendError> {
+    async fn namespace_id(&self, ns: &NamespaceRef, urgency: Urgency) -> Result<String, BackendError> {
         let filter = sd::types::NamespaceFilter::builder()
             .name(sd::types::NamespaceFilterName::HttpName)
             .values(&ns.http_name)
@@ -129,7 +129,7 @@ impl Aws {
         let mut token = None;
         loop {
             let page = self
-                .call(Urgency::Waiting, || {
+                .call(urgency, || {
                     self.control
                         .list_namespaces()
                         .filters(filter.clone())
@@ -187,8 +187,8 @@ impl Backend for Aws {
         Ok(Vec::new())
     }
 
-    async fn services(&self, ns: &NamespaceRef) -> Result<Vec<ServiceInfo>, BackendError> {
-        let id = self.namespace_id(ns).await?;
+    async fn services(&self, ns: &NamespaceRef, urgency: Urgency) -> Result<Vec<ServiceInfo>, BackendError> {
+        let id = self.namespace_id(ns, urgency).await?;
         let filter = sd::types::ServiceFilter::builder()
             .name(sd::types::ServiceFilterName::NamespaceId)
             .values(&id)
@@ -199,7 +199,7 @@ impl Backend for Aws {
         let mut token = None;
         loop {
             let page = self
-                .call(Urgency::Waiting, || {
+                .call(urgency, || {
                     self.control.list_services().filters(filter.clone()).set_next_token(token.clone()).send()
                 })
                 .await?;

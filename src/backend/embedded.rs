@@ -34,7 +34,7 @@ impl Backend for Embedded {
         self.registry.call(|r| r.namespace_names()).await.map_err(map_err)
     }
 
-    async fn services(&self, ns: &NamespaceRef) -> Result<Vec<ServiceInfo>, BackendError> {
+    async fn services(&self, ns: &NamespaceRef, _: Urgency) -> Result<Vec<ServiceInfo>, BackendError> {
         let namespace = ns.http_name.clone();
         let rows = self
             .registry

@@ -78,7 +78,7 @@ pub trait Backend: Send + Sync + 'static {
     async fn default_zones(&self) -> Result<Vec<(String, String)>, BackendError>;
 
     /// The services of a namespace.
-    async fn services(&self, ns: &NamespaceRef) -> Result<Vec<ServiceInfo>, BackendError>;
+    async fn services(&self, ns: &NamespaceRef, urgency: Urgency) -> Result<Vec<ServiceInfo>, BackendError>;
 
     /// All instances of a service (DiscoverInstances, HealthStatus ALL).
     async fn discover(

@@ -158,6 +158,11 @@ async fn bind_group(addr: SocketAddr, workers: usize) -> std::io::Result<(Vec<Ud
     }
 }
 
+/// UDP queries waiting off the socket's task (for the backend, an upstream or the call budget)
+/// beyond which new UDP misses are dropped: the client retries, and memory stays bounded when
+/// the backend or the upstreams are slow. Cache hits are still answered.
+const MAX_PENDING: usize = 10_000;
+
 /// Queries being answered off the socket's task (misses, TCP queries).
 #[derive(Default)]
 struct InFlight {
@@ -294,6 +299,10 @@ fn spawn_miss(
     local: Option<std::net::IpAddr>,
     (socket, engine, limiter, inflight): (&Arc<UdpSocket>, &Arc<Engine>, &SharedLimiter, &Arc<InFlight>),
 ) {
+    if inflight.n.load(Ordering::Relaxed) >= MAX_PENDING {
+        crate::metrics::get().dropped_overload.inc();
+        return;
+    }
     let packet = packet.to_vec();
     let (socket, engine, limiter) = (socket.clone(), engine.clone(), limiter.clone());
     let guard = inflight.enter();

@@ -40,7 +40,7 @@ impl Backend for Fixed {
     async fn default_zones(&self) -> Result<Vec<(String, String)>, BackendError> {
         Ok(Vec::new())
     }
-    async fn services(&self, _: &NamespaceRef) -> Result<Vec<ServiceInfo>, BackendError> {
+    async fn services(&self, _: &NamespaceRef, _: Urgency) -> Result<Vec<ServiceInfo>, BackendError> {
         Ok(["web", "_sip._tcp", "a.b", "Web", "big"]
             .iter()
             .map(|n| ServiceInfo { name: n.to_string(), grpc_config: None })
