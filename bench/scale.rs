@@ -41,6 +41,11 @@ const NAMESPACES: usize = 50;
 const SERVICES: usize = 10_000;
 const INSTANCES: usize = 100_000;
 
+/// Servers are pinned to one core after they start: one runtime worker thread (and one UDP
+/// socket, in their config), as a server started on one core would have. Two workers time-sliced
+/// on one core delay a task by the kernel's slice (milliseconds).
+const ONE_CORE: &[(&str, &str)] = &[("TOKIO_WORKER_THREADS", "1")];
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -53,8 +58,11 @@ fn two_cpus() -> bool {
 /// namespaces of 2,000 instances, AWS's default per-namespace quota, plus the others).
 fn registry(dir: &Path) -> Server {
     let conf = dir.join("registry.toml");
-    std::fs::write(&conf, "[registry.quotas]\nnamespaces = 100\ninstances_per_namespace = 100000\n").unwrap();
-    Server::start_in(&dir.join("registry"), &["--config", conf.to_str().unwrap()]).expect("registry starts")
+    let text =
+        "[dns]\nudp_workers = 1\n[registry.quotas]\nnamespaces = 100\ninstances_per_namespace = 100000\n";
+    std::fs::write(&conf, text).unwrap();
+    let args = ["--config", conf.to_str().unwrap()];
+    Server::start_in_env(&dir.join("registry"), ONE_CORE, &args).expect("registry starts")
 }
 
 /// A cloudmap-dns with the aws backend against `endpoint`, serving `zones` (zone, namespace).
@@ -67,7 +75,8 @@ fn aws_server(dir: &Path, name: &str, endpoint: &str, backend: &str, zones: &[(S
     }
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, conf).unwrap();
-    Server::start_in(&dir.join(name), &["--config", path.to_str().unwrap()]).expect("aws server starts")
+    Server::start_in_env(&dir.join(name), ONE_CORE, &["--config", path.to_str().unwrap()])
+        .expect("aws server starts")
 }
 
 fn queries(names: &[String]) -> Vec<Vec<u8>> {
@@ -83,7 +92,7 @@ fn warm(server: SocketAddr, names: &[String], rate: f64) -> usize {
         udp_load::run(server, &q, Pace::Rate(rate), Duration::from_secs_f64(left.len() as f64 / rate));
         left.retain(|n| {
             let m = dns::udp_raw(server, &dns::query(n, 1), Duration::from_secs(5)).map(|b| dns::parse(&b));
-            !m.is_some_and(|m| !dns::a(&m).is_empty())
+            m.is_none_or(|m| dns::a(&m).is_empty())
         });
         if left.is_empty() {
             return round;
@@ -242,6 +251,7 @@ fn until_answer(
 /// Registers and deregisters probe instances of `service_id` (DNS name `name`) while the server
 /// (already pinned) takes open-loop load at half of its saturation over `names`; prints the
 /// time from each DeregisterInstance returning to the first answer without the instance.
+#[allow(clippy::too_many_arguments)] // a benchmark step: each is a knob of the run
 async fn freshness_under_load(
     what: &str,
     c: &aws_sdk_servicediscovery::Client,

@@ -843,7 +843,7 @@ impl Cache {
                                     .confirmed
                                     .and_then(|c| c.duration_since(UNIX_EPOCH).ok())
                                     .map(|d| d.as_millis() as u64),
-                                discovered: (*raw).clone(),
+                                discovered: raw,
                             },
                         ))
                     })
@@ -885,7 +885,7 @@ impl Cache {
             for (name, s) in n.services {
                 let slot = ns.slot(&name);
                 let grpc = s.discovered.grpc_config.clone();
-                slot.store(s.discovered, grpc);
+                slot.store(Arc::unwrap_or_clone(s.discovered), grpc);
                 let mut st = slot.write();
                 st.confirmed = s.confirmed_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
                 st.discovered_at = None;
@@ -913,7 +913,8 @@ struct SnapshotNamespace {
 #[derive(Serialize, Deserialize)]
 struct SnapshotService {
     confirmed_ms: Option<u64>,
-    discovered: Discovered,
+    /// Shared with the live cache: a snapshot of 100,000 instances copies none of them.
+    discovered: Arc<Discovered>,
 }
 
 /// Writes `bytes` to `path` so that a crash at any point leaves either the old or the new file.

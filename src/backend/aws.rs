@@ -243,10 +243,11 @@ impl Backend for Aws {
                 .map(|i| DiscoveredInstance {
                     id: i.instance_id().unwrap_or_default().to_string(),
                     health: i.health_status().map_or("UNKNOWN", |h| h.as_str()).to_string(),
-                    attributes: i
-                        .attributes()
-                        .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                        .unwrap_or_default(),
+                    attributes: std::sync::Arc::new(
+                        i.attributes()
+                            .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                            .unwrap_or_default(),
+                    ),
                 })
                 .collect(),
         })

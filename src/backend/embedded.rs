@@ -69,7 +69,7 @@ impl Backend for Embedded {
                 .map(|i| DiscoveredInstance {
                     id: i.instance_id,
                     health: i.health_status,
-                    attributes: i.attributes,
+                    attributes: std::sync::Arc::new(i.attributes),
                 })
                 .collect(),
         })

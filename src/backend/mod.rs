@@ -6,6 +6,7 @@ pub mod aws;
 pub mod embedded;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +39,8 @@ pub struct DiscoveredInstance {
     pub id: String,
     /// HEALTHY, UNHEALTHY, or UNKNOWN (no health check).
     pub health: String,
-    pub attributes: BTreeMap<String, String>,
+    /// Shared with the answer views built from it: one copy per instance, however many views.
+    pub attributes: Arc<BTreeMap<String, String>>,
 }
 
 /// The service attribute that carries a gRPC service config for `_grpc_config` TXT.

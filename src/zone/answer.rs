@@ -438,7 +438,7 @@ pub fn service(
                     TYPE_TXT => {
                         // One TXT record per attribute, each "key=value".
                         let mut a = Answer::new(RCODE_NOERROR);
-                        for (k, v) in &inst.attributes {
+                        for (k, v) in inst.attributes.iter() {
                             let s = format!("{k}={v}");
                             a.records.push(wire::record(&QNAME, TYPE_TXT, ctx.zone.ttl, &txt_rdata(&[s])));
                         }
@@ -554,13 +554,15 @@ mod tests {
             .map(|i| DiscoveredInstance {
                 id: format!("i-{i}"),
                 health: if i == 0 { "UNHEALTHY".into() } else { "HEALTHY".into() },
-                attributes: [
-                    ("AWS_INSTANCE_IPV4".to_string(), format!("10.0.0.{}", i + 1)),
-                    ("AWS_INSTANCE_PORT".to_string(), "80".to_string()),
-                    ("version".to_string(), if i % 2 == 0 { "v1" } else { "v2" }.to_string()),
-                ]
-                .into_iter()
-                .collect(),
+                attributes: std::sync::Arc::new(
+                    [
+                        ("AWS_INSTANCE_IPV4".to_string(), format!("10.0.0.{}", i + 1)),
+                        ("AWS_INSTANCE_PORT".to_string(), "80".to_string()),
+                        ("version".to_string(), if i % 2 == 0 { "v1" } else { "v2" }.to_string()),
+                    ]
+                    .into_iter()
+                    .collect(),
+                ),
             })
             .collect();
         ServiceView::new("web", &Discovered { revision: 7, instances, grpc_config: None }, None)

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 
 use crate::backend::Discovered;
 use crate::dns::wire;
@@ -32,7 +33,7 @@ pub struct InstanceView {
     pub priority: u16,
     pub weight: u16,
     pub health: Health,
-    pub attributes: BTreeMap<String, String>,
+    pub attributes: Arc<BTreeMap<String, String>>,
     /// (key label, value label) of every attribute, lower-case, for filter names.
     pub attribute_labels: Vec<(String, String)>,
 }

@@ -28,7 +28,7 @@ fn instance(id: &str, attrs: &[(&str, &str)], health: &str) -> DiscoveredInstanc
     DiscoveredInstance {
         id: id.into(),
         health: health.into(),
-        attributes: attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>(),
+        attributes: Arc::new(attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()),
     }
 }
 
