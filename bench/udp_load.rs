@@ -117,57 +117,42 @@ pub fn query_file(text: &str) -> Vec<Vec<u8>> {
         .collect()
 }
 
-/// Pins the calling thread to one CPU (no-op where that fails).
-pub fn pin_to(cpu: usize) {
+/// Sets a thread's CPUs (tid 0: the calling thread); no-op where that fails.
+fn set_affinity(tid: i32, cpus: impl IntoIterator<Item = usize>) {
     // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        for cpu in cpus {
+            libc::CPU_SET(cpu, &mut set);
+        }
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
+}
+
+/// Every thread a process has now.
+fn threads(pid: u32) -> Vec<i32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return Vec::new() };
+    tasks.flatten().filter_map(|t| t.file_name().to_string_lossy().parse().ok()).collect()
+}
+
+/// Pins the calling thread to one CPU.
+pub fn pin_to(cpu: usize) {
+    set_affinity(0, [cpu]);
 }
 
 /// Pins another process (every thread it has now) to one CPU.
 pub fn pin_process(pid: u32, cpu: usize) {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return };
-    for task in tasks.flatten() {
-        let Ok(tid) = task.file_name().to_string_lossy().parse::<i32>() else { continue };
-        // SAFETY: as in pin_to.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
+    for tid in threads(pid) {
+        set_affinity(tid, [cpu]);
     }
 }
 
 /// Lets another process run on every CPU again.
 pub fn unpin_process(pid: u32) {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return };
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    for task in tasks.flatten() {
-        let Ok(tid) = task.file_name().to_string_lossy().parse::<i32>() else { continue };
-        // SAFETY: as in pin_to.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            for cpu in 0..cpus {
-                libc::CPU_SET(cpu, &mut set);
-            }
-            libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set);
-        }
+    for tid in threads(pid) {
+        set_affinity(tid, 0..cpus);
     }
-}
-
-/// CPU seconds (user + system) a process has used so far.
-pub fn cpu_seconds(pid: u32) -> f64 {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
-    // Fields after the command (which may hold spaces) : state is field 3; utime 14, stime 15.
-    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    (ticks(14) + ticks(15)) / hz
 }
 
 /// Resident memory of a process, bytes (VmRSS).
