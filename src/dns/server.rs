@@ -158,9 +158,10 @@ async fn bind_group(addr: SocketAddr, workers: usize) -> std::io::Result<(Vec<Ud
     }
 }
 
-/// UDP queries waiting off the socket's task (for the backend, an upstream or the call budget)
-/// beyond which new UDP misses are dropped: the client retries, and memory stays bounded when
-/// the backend or the upstreams are slow. Cache hits are still answered.
+/// Queries answered off the socket tasks (UDP misses and TCP queries, waiting for the backend,
+/// an upstream or the call budget) beyond which new UDP misses are dropped: the client retries,
+/// and memory stays bounded when the backend or the upstreams are slow. Cache hits are still
+/// answered; TCP is bounded by `dns.tcp_max_connections`.
 const MAX_PENDING: usize = 10_000;
 
 /// Queries being answered off the socket's task (misses, TCP queries).
