@@ -77,9 +77,17 @@ impl Authority {
         }
         let mut catalog = Catalog::new();
         catalog.upsert(LowerName::from(name(ZONE)), vec![Arc::new(handler)]);
-        let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-        let addr = udp.local_addr().expect("addr");
-        let tcp = TcpListener::bind(addr).await.expect("bind tcp on the same port");
+        // The UDP port the kernel picks may be in use over TCP (by a parallel test): try another.
+        let mut tries = 0;
+        let (udp, addr, tcp) = loop {
+            let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+            let addr = udp.local_addr().expect("addr");
+            match TcpListener::bind(addr).await {
+                Ok(tcp) => break (udp, addr, tcp),
+                Err(_) if tries < 20 => tries += 1,
+                Err(e) => panic!("bind tcp on the same port: {e}"),
+            }
+        };
         let mut server = Server::new(catalog);
         server.register_socket(udp);
         server.register_listener(tcp, Duration::from_secs(5), 64);
