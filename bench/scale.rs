@@ -217,7 +217,7 @@ async fn scale(dir: &Path) {
             "| {what} | {:.0} | {} | {} | {:.3} | {:.3} |",
             r.qps(),
             r.lost(),
-            r.bad,
+            r.bad + r.nxdomain,
             r.percentile_ms(0.5),
             r.percentile_ms(0.99)
         );
@@ -251,17 +251,22 @@ fn until_answer(
 /// Registers and deregisters probe instances of `service_id` (DNS name `name`) while the server
 /// (already pinned) takes open-loop load at half of its saturation over `names`; prints the
 /// time from each DeregisterInstance returning to the first answer without the instance.
+/// Each DeregisterInstance waits a random part of `phase` first: the probe shows right after a
+/// refresh, and deregistrations in use come at any time relative to it, not right after one.
 #[allow(clippy::too_many_arguments)] // a benchmark step: each is a knob of the run
 async fn freshness_under_load(
     what: &str,
     c: &aws_sdk_servicediscovery::Client,
     service_id: &str,
     name: &str,
-    server: SocketAddr,
+    server: &Server,
     names: &[String],
     samples: usize,
-    target: Duration,
+    (target, phase): (Duration, Duration),
 ) {
+    let metrics = server;
+    let server = server.dns;
+    let calls_before = backend_calls(metrics);
     let q = queries(names);
     let pinned = two_cpus();
     let q2 = q.clone();
@@ -302,6 +307,7 @@ async fn freshness_under_load(
             .attributes("AWS_INSTANCE_IPV4", ip.to_string());
         r.send().await.expect("register");
         until_answer(server, name, wait, |a| a.contains(&ip)).expect("the probe instance shows");
+        tokio::time::sleep(phase.mul_f64(rand::random::<f64>())).await;
         c.deregister_instance().service_id(service_id).instance_id(&id).send().await.expect("deregister");
         let returned = Instant::now();
         let at = until_answer(server, name, wait, |a| !a.contains(&ip)).expect("the probe instance goes");
@@ -309,6 +315,7 @@ async fn freshness_under_load(
     }
     stop.store(true, Ordering::Relaxed);
     let load = load.join().unwrap().expect("load ran");
+    let calls = backend_calls(metrics).since(&calls_before);
     got.sort();
     let pct = |p: f64| got[((got.len() as f64 * p).ceil() as usize).clamp(1, got.len()) - 1];
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
@@ -324,6 +331,56 @@ async fn freshness_under_load(
         ms(target),
         if pct(0.99) <= target { "PASS" } else { "FAIL" }
     );
+    if calls.revisions > 0.0 {
+        println!(
+            "  {what}: during the run, {:.0} DiscoverInstancesRevision calls/s, mean {:.2} ms; DiscoverInstances mean {:.2} ms",
+            calls.revisions / calls.seconds,
+            calls.revision_s * 1000.0 / calls.revisions,
+            calls.discover_s * 1000.0 / calls.discovers.max(1.0)
+        );
+    }
+}
+
+/// The server's own count and total time of its backend calls, from its metrics.
+struct BackendCalls {
+    at: Instant,
+    seconds: f64,
+    revisions: f64,
+    revision_s: f64,
+    discovers: f64,
+    discover_s: f64,
+}
+
+fn backend_calls(server: &Server) -> BackendCalls {
+    let (_, body) = server.http_get("/metrics");
+    let h = |op: &str, part: &str| {
+        common::metric_in(
+            &body,
+            &format!("cloudmap_dns_backend_request_duration_seconds_{part}"),
+            &[("operation", op)],
+        )
+    };
+    BackendCalls {
+        at: Instant::now(),
+        seconds: 0.0,
+        revisions: h("DiscoverInstancesRevision", "count"),
+        revision_s: h("DiscoverInstancesRevision", "sum"),
+        discovers: h("DiscoverInstances", "count"),
+        discover_s: h("DiscoverInstances", "sum"),
+    }
+}
+
+impl BackendCalls {
+    fn since(&self, before: &BackendCalls) -> BackendCalls {
+        BackendCalls {
+            at: self.at,
+            seconds: (self.at - before.at).as_secs_f64(),
+            revisions: self.revisions - before.revisions,
+            revision_s: self.revision_s - before.revision_s,
+            discovers: self.discovers - before.discovers,
+            discover_s: self.discover_s - before.discover_s,
+        }
+    }
 }
 
 async fn freshness(dir: &Path) {
@@ -352,7 +409,8 @@ async fn freshness(dir: &Path) {
         udp_load::pin_process(registry.child.id(), SERVER_CPU);
     }
     let target = Duration::from_millis(10);
-    freshness_under_load("embedded", &c, &probe, "probe.fresh", registry.dns, &names, samples, target).await;
+    let knobs = (target, Duration::ZERO);
+    freshness_under_load("embedded", &c, &probe, "probe.fresh", &registry, &names, samples, knobs).await;
     if pinned {
         udp_load::unpin_process(registry.child.id());
     }
@@ -366,9 +424,11 @@ async fn freshness(dir: &Path) {
     warm(aws.dns, &names, 2_000.0);
     if pinned {
         udp_load::pin_process(aws.child.id(), SERVER_CPU);
+        // Cloud Map is remote: its stand-in shares the load generator's core, not the server's.
+        udp_load::pin_process(registry.child.id(), LOAD_CPU);
     }
-    let target = Duration::from_millis(refresh + 50);
-    freshness_under_load("aws", &c, &probe, "probe.fresh", aws.dns, &names, aws_samples, target).await;
+    let knobs = (Duration::from_millis(refresh + 50), Duration::from_millis(refresh));
+    freshness_under_load("aws", &c, &probe, "probe.fresh", &aws, &names, aws_samples, knobs).await;
 }
 
 fn main() {

@@ -786,8 +786,18 @@ impl Cache {
     }
 
     async fn refresh_loop(self: Arc<Self>, ns: Arc<NamespaceState>, slot: Arc<ServiceSlot>) {
+        // Checks start one interval apart, not one interval after the last check ended: a
+        // change waits at most the interval plus one round trip, however slow calls are.
+        let mut next = tokio::time::Instant::now();
         loop {
-            tokio::time::sleep(self.effective_refresh()).await;
+            let period = self.effective_refresh();
+            next += period;
+            let now = tokio::time::Instant::now();
+            if next < now {
+                // A check overran its slot: no catch-up burst, a whole interval from now.
+                next = now + period;
+            }
+            tokio::time::sleep_until(next).await;
             let idle_ms = now_ms().saturating_sub(slot.last_used.load(Ordering::Relaxed));
             if idle_ms > self.settings.load().idle_timeout.as_millis() as u64 {
                 slot.refreshing.store(false, Ordering::Release);

@@ -334,6 +334,25 @@ async fn a_short_budget_stretches_the_refresh_interval() {
     assert!(revisions <= 8, "about one per service per second, not five: {revisions}");
 }
 
+/// Re-validations start one refresh interval apart however long each call takes, so a change
+/// waits at most the interval plus one round trip (not the interval plus every past round trip).
+#[tokio::test]
+async fn slow_calls_do_not_stretch_the_refresh_interval() {
+    let (registry, _c, _svc) = registry().await;
+    let proxy = Proxy::start(registry.api);
+    let tmp = tempfile::tempdir().unwrap();
+    let server = dns_server(tmp.path(), &proxy, "health_refresh_ms = 60000").unwrap();
+    assert_eq!(ips(&server, "web.lab.example").len(), 2);
+    proxy.set(Mode::Forward { latency: Duration::from_millis(120) });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let revisions = proxy.count("DiscoverInstancesRevision", "\"web\"", start);
+    // Every 200 ms: 20 in 4 s. Were each interval counted from the end of the last 120 ms call,
+    // one every 320 ms: 12 or 13.
+    assert!(revisions >= 16, "{revisions} revision checks in 4 s at refresh 200 ms");
+}
+
 #[tokio::test]
 async fn concurrent_queries_after_idle_share_one_revalidation() {
     let (registry, _c, _svc) = registry().await;
