@@ -1,26 +1,39 @@
 #!/usr/bin/env bash
-# Latency and loss at half of saturation: cloudmap-dns beside NSD, in one run, on the harness's
-# data (../shared/bench-peers: demo. zone, 1,000 names x 3 A, 100 SRV owners x 2).
+# Latency and loss below saturation, and misses, with the server pinned: cloudmap-dns beside NSD
+# (namespace-zone answers) and Unbound (forwarding), in one run, on the harness's data
+# (../shared/bench-peers: demo. zone, 1,000 names x 3 A, 100 SRV owners x 2; up.test. upstream).
 #
 #   cargo build --release --bin cloudmap-dns --example load-zone --example loadgen
-#   bench/half-load.sh            # RUNS=3 DURATION=8 by default
+#   bench/half-load.sh                  # RUNS=3 DURATION=8 WORKLOADS="a srv nx fwd-a fwd-miss"
 #
-# Both servers run at once, pinned to CPU 0 (an idle one costs nothing); the load generator
-# (bench/loadgen.rs: sendmmsg/recvmmsg, per-query latency) is pinned to CPU 1. For each server
-# and workload: its saturation (200 queries in flight, 5 s), then RUNS open-loop runs at half of
-# that rate, interleaved between the servers so both see the same machine noise. CPU 0's busy
-# share during a run gives queries per server CPU-second.
+# Workloads (each: a peer beside cloudmap-dns):
+#   a, srv     cached zone answers, A and SRV                       NSD        | zone mode
+#   nx         misses: a new name per query under demo. (NXDOMAIN)   NSD        | zone mode
+#   fwd-a      forwarded cache hits (svcN.up.test)                   Unbound    | forward mode
+#   fwd-miss   forwarded misses: a new name per query under up.test.,
+#              each through to the upstream (NXDOMAIN)               Unbound    | forward mode
+# The servers under test run at once, pinned to CPU 0 (an idle one costs nothing); the load
+# generator (bench/loadgen.rs: sendmmsg/recvmmsg, per-query latency) and the forwarders'
+# upstream (an NSD for up.test.) are pinned to CPU 1, so CPU 0's busy share during a run is the
+# server's alone and gives queries per server CPU-second. For each workload and server: its
+# saturation (200 queries in flight, 5 s); then RUNS rounds, each loading every server open loop
+# at half of its own saturation ("half") and at half of the slower server's ("common": the same
+# rate for both, the p99 comparison), interleaved so both see the same machine noise.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEERS=${BENCH_PEERS:-$ROOT/../shared/bench-peers}
 LOADGEN=$ROOT/target/release/examples/loadgen
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8}
+WORKLOADS=${WORKLOADS:-a srv nx fwd-a fwd-miss}
 SRV_CPU=${SRV_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 NSD_PORT=${NSD_PORT:-5393}
 CM_PORT=${CM_PORT:-5391}
-for t in nsd dig taskset setsid; do command -v $t >/dev/null || { echo "missing $t" >&2; exit 1; }; done
+UB_PORT=${UB_PORT:-5394}
+CMF_PORT=${CMF_PORT:-5392}
+UP_PORT=${UP_PORT:-5395}
+for t in nsd unbound dig taskset setsid; do command -v $t >/dev/null || { echo "missing $t" >&2; exit 1; }; done
 [ -x "$LOADGEN" ] || { echo "build first: cargo build --release --bin cloudmap-dns --example load-zone --example loadgen" >&2; exit 1; }
 
 WORK=$(mktemp -d)
@@ -34,52 +47,105 @@ trap cleanup EXIT
 GEN=$WORK/gen
 bash "$PEERS/gen-data.sh" "$GEN" >/dev/null
 
-mkdir -p "$WORK/nsd" "$WORK/cm"
-sed -e "s|@PORT@|$NSD_PORT|g" -e "s|@RUN@|$WORK/nsd|g" -e "s|@GEN@|$GEN|g" \
-    "$PEERS/conf/nsd.conf.in" >"$WORK/nsd/nsd.conf"
-setsid taskset -c "$SRV_CPU" nsd -d -c "$WORK/nsd/nsd.conf" >"$WORK/nsd/out" 2>&1 &
-PIDS+=($!)
+conf() { # template run-dir port
+    sed -e "s|@PORT@|$3|g" -e "s|@RUN@|$2|g" -e "s|@GEN@|$GEN|g" -e "s|@UPSTREAM_PORT@|$UP_PORT|g" "$PEERS/conf/$1"
+}
+launch() { # dir cpu command...
+    local dir=$1 cpu=$2
+    shift 2
+    setsid taskset -c "$cpu" "$@" >"$dir/out" 2>&1 &
+    PIDS+=($!)
+}
+mkdir -p "$WORK"/{nsd,up,ub,cm,cmf}
+conf nsd.conf.in "$WORK/nsd" "$NSD_PORT" >"$WORK/nsd/nsd.conf"
+launch "$WORK/nsd" "$SRV_CPU" nsd -d -c "$WORK/nsd/nsd.conf"
+conf nsd.conf.in "$WORK/up" "$UP_PORT" >"$WORK/up/nsd.conf"
+launch "$WORK/up" "$LOAD_CPU" nsd -d -c "$WORK/up/nsd.conf"
+conf unbound-common.conf.in "$WORK/ub" "$UB_PORT" >"$WORK/ub/unbound-common.conf"
+conf unbound-fwd.conf.in "$WORK/ub" "$UB_PORT" >"$WORK/ub/unbound.conf"
+launch "$WORK/ub" "$SRV_CPU" unbound -d -c "$WORK/ub/unbound.conf"
 PERF_PORT=$CM_PORT PERF_MODE=zone PERF_ZONE_NAME=demo. PERF_ZONE_FILE=$GEN/demo.zone PERF_RUN_DIR=$WORK/cm \
-    setsid taskset -c "$SRV_CPU" "$ROOT/bench/candidate.sh" >"$WORK/cm/out" 2>&1 &
-PIDS+=($!)
+    launch "$WORK/cm" "$SRV_CPU" "$ROOT/bench/candidate.sh"
+PERF_PORT=$CMF_PORT PERF_MODE=fwd PERF_UPSTREAM=127.0.0.1:$UP_PORT PERF_RUN_DIR=$WORK/cmf \
+    launch "$WORK/cmf" "$SRV_CPU" "$ROOT/bench/candidate.sh"
 
-ready() { # port
+ready() { # port name
     for _ in $(seq 300); do
-        dig +tries=1 +time=1 -p "$1" @127.0.0.1 svc0.demo A 2>/dev/null | grep -q 'status: NOERROR' && return 0
+        dig +tries=1 +time=1 -p "$1" @127.0.0.1 "$2" A 2>/dev/null | grep -q 'status: NOERROR' && return 0
         sleep 0.2
     done
     return 1
 }
-ready "$NSD_PORT" || { echo "nsd did not start" >&2; cat "$WORK/nsd/out" >&2; exit 1; }
-ready "$CM_PORT" || { echo "cloudmap-dns did not start" >&2; cat "$WORK/cm/out" "$WORK/cm/load.log" >&2; exit 1; }
+for s in nsd:$NSD_PORT:svc0.demo up:$UP_PORT:svc0.up.test ub:$UB_PORT:svc0.up.test \
+    cm:$CM_PORT:svc0.demo cmf:$CMF_PORT:svc0.up.test; do
+    IFS=: read -r dir port probe <<<"$s"
+    ready "$port" "$probe" || { echo "$dir did not start" >&2; cat "$WORK/$dir/out" >&2; exit 1; }
+done
 
 busy() { awk -v c="cpu$SRV_CPU" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
 field() { awk -v k="$1" '{ for (i = 1; i < NF; i++) if ($i == k) print $(i + 1) }'; }
 
-echo "# half-load $(date -u +%FT%TZ) on $(nproc) CPUs, $(nsd -v 2>&1 | head -1), runs=$RUNS duration=${DURATION}s"
-printf '| server | workload | saturation q/s | run | q/s | lost | server CPU %% | q per CPU-s | p50 ms | p99 ms | p99.9 ms |\n'
-printf '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
-for wl in a srv; do
-    qf=$GEN/q-demo-$wl.txt
+# The query file for a workload; the miss workloads get names never asked before, enough for
+# `rate` queries/s (max: 600,000/s) over `seconds`.
+SEQ=0
+queries() { # workload rate seconds
+    case "$1" in
+    a | srv) echo "$GEN/q-demo-$1.txt" ;;
+    fwd-a) echo "$GEN/q-up-a.txt" ;;
+    nx | fwd-miss)
+        SEQ=$((SEQ + 1))
+        local f=$WORK/q-fresh.txt suffix=demo rate=$2
+        [ "$1" = fwd-miss ] && suffix=up.test
+        [ "$rate" = max ] && rate=600000
+        awk -v n="$(awk -v r="$rate" -v s="$3" 'BEGIN { printf "%d", r * s * 1.1 + 1000 }')" \
+            -v p="m$SEQ-$$" -v z="$suffix" 'BEGIN { for (i = 0; i < n; i++) printf "%s-%d.%s A\n", p, i, z }' >"$f"
+        echo "$f"
+        ;;
+    esac
+}
+load() { # port workload seconds rate
+    "$LOADGEN" "127.0.0.1:$1" "$(queries "$2" "$4" "$3")" "$3" "$4" "$LOAD_CPU"
+}
+
+echo "# half-load $(date -u +%FT%TZ) on $(nproc) CPUs, $(nsd -v 2>&1 | head -1), $(unbound -V | head -1), runs=$RUNS duration=${DURATION}s"
+printf '| server | workload | saturation q/s | load | run | q/s | lost | wrong | server CPU %% | q per CPU-s | p50 ms | p99 ms | p99.9 ms |\n'
+printf '|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+for wl in $WORKLOADS; do
+    case "$wl" in
+    a | srv | nx) servers="nsd:$NSD_PORT cloudmap-dns:$CM_PORT" ;;
+    fwd-a | fwd-miss) servers="unbound:$UB_PORT cloudmap-dns:$CMF_PORT" ;;
+    *) echo "unknown workload $wl" >&2; exit 2 ;;
+    esac
     declare -A sat=()
-    for s in nsd:$NSD_PORT cloudmap-dns:$CM_PORT; do
+    common=
+    for s in $servers; do
         name=${s%%:*} port=${s##*:}
-        "$LOADGEN" "127.0.0.1:$port" "$qf" 2 max "$LOAD_CPU" >/dev/null # warm-up
-        sat[$name]=$("$LOADGEN" "127.0.0.1:$port" "$qf" 5 max "$LOAD_CPU" | field qps)
+        load "$port" "$wl" 2 max >/dev/null # warm-up (fills the forwarders' caches for fwd-a)
+        sat[$name]=$(load "$port" "$wl" 5 max | field qps)
+        half=$((${sat[$name]} / 2))
+        [ -z "$common" ] || [ "$half" -lt "$common" ] && common=$half
     done
     for run in $(seq "$RUNS"); do
-        for s in nsd:$NSD_PORT cloudmap-dns:$CM_PORT; do
-            name=${s%%:*} port=${s##*:}
-            rate=$((${sat[$name]} / 2))
-            read -r b0 t0 < <(busy)
-            out=$("$LOADGEN" "127.0.0.1:$port" "$qf" "$DURATION" "$rate" "$LOAD_CPU")
-            read -r b1 t1 < <(busy)
-            cpu=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.0f", (t ? 100 * b / t : 0) }')
-            qps=$(echo "$out" | field qps)
-            per=$(awk -v q="$qps" -v c="$cpu" 'BEGIN { printf "%.0f", (c > 0 ? q * 100 / c : 0) }')
-            printf '| %s | zone %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$wl" "${sat[$name]}" \
-                "$run" "$qps" "$(echo "$out" | field lost)" "$cpu" "$per" \
-                "$(echo "$out" | field p50_ms)" "$(echo "$out" | field p99_ms)" "$(echo "$out" | field p999_ms)"
+        for kind in half common; do
+            for s in $servers; do
+                name=${s%%:*} port=${s##*:}
+                rate=$common
+                [ "$kind" = half ] && rate=$((${sat[$name]} / 2))
+                read -r b0 t0 < <(busy)
+                out=$(load "$port" "$wl" "$DURATION" "$rate")
+                read -r b1 t1 < <(busy)
+                cpu=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.0f", (t ? 100 * b / t : 0) }')
+                qps=$(echo "$out" | field qps)
+                # Wrong: an answer other than the workload's (records; NXDOMAIN for the misses).
+                case "$wl" in
+                nx | fwd-miss) wrong=$(($(echo "$out" | field received) - $(echo "$out" | field nxdomain))) ;;
+                *) wrong=$(($(echo "$out" | field bad) + $(echo "$out" | field nxdomain))) ;;
+                esac
+                per=$(awk -v q="$qps" -v c="$cpu" 'BEGIN { printf "%.0f", (c > 0 ? q * 100 / c : 0) }')
+                printf '| %s | %s | %s | %s %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$wl" \
+                    "${sat[$name]}" "$kind" "$rate" "$run" "$qps" "$(echo "$out" | field lost)" "$wrong" "$cpu" "$per" \
+                    "$(echo "$out" | field p50_ms)" "$(echo "$out" | field p99_ms)" "$(echo "$out" | field p999_ms)"
+            done
         done
     done
     unset sat

@@ -26,8 +26,11 @@ pub struct Report {
     pub seconds: f64,
     pub sent: u64,
     pub received: u64,
-    /// Answers that were not responses or had a non-zero RCODE, or carried no answer.
+    /// Answers that were not responses, had an RCODE other than NOERROR and NXDOMAIN, or
+    /// were NOERROR without an answer.
     pub bad: u64,
+    /// NXDOMAIN answers: right for the miss workloads (names never registered), wrong for others.
+    pub nxdomain: u64,
     hist: Vec<u64>,
 }
 
@@ -63,6 +66,7 @@ impl Report {
         self.sent += other.sent;
         self.received += other.received;
         self.bad += other.bad;
+        self.nxdomain += other.nxdomain;
         for (a, b) in self.hist.iter_mut().zip(other.hist) {
             *a += b;
         }
@@ -71,12 +75,13 @@ impl Report {
 
     pub fn line(&self) -> String {
         format!(
-            "qps {:.0} sent {} received {} lost {} bad {} p50_ms {:.3} p90_ms {:.3} p99_ms {:.3} p999_ms {:.3}",
+            "qps {:.0} sent {} received {} lost {} bad {} nxdomain {} p50_ms {:.3} p90_ms {:.3} p99_ms {:.3} p999_ms {:.3}",
             self.qps(),
             self.sent,
             self.received,
             self.lost(),
             self.bad,
+            self.nxdomain,
             self.percentile_ms(0.50),
             self.percentile_ms(0.90),
             self.percentile_ms(0.99),
@@ -216,7 +221,7 @@ pub fn run(server: SocketAddr, queries: &[Vec<u8>], pace: Pace, duration: Durati
     let mut sent_at = vec![vec![0u64; 65536]; SOCKETS];
     let mut next_id = [0u16; SOCKETS];
     let mut hist = vec![0u64; MAX_US + 1];
-    let (mut sent, mut received, mut bad, mut forgiven) = (0u64, 0u64, 0u64, 0u64);
+    let (mut sent, mut received, mut bad, mut nxdomain, mut forgiven) = (0u64, 0u64, 0u64, 0u64, 0u64);
     let mut next_query = 0usize;
     let mut turn = 0usize;
     let mut out = Batch::new();
@@ -299,7 +304,9 @@ pub fn run(server: SocketAddr, queries: &[Vec<u8>], pace: Pace, duration: Durati
                 let is_response = b[2] & 0x80 != 0;
                 let rcode = b[3] & 0x0f;
                 let answers = u16::from_be_bytes([b[6], b[7]]);
-                if !is_response || rcode != 0 || answers == 0 {
+                if is_response && rcode == 3 {
+                    nxdomain += 1;
+                } else if !is_response || rcode != 0 || answers == 0 {
                     bad += 1;
                 }
             }
@@ -334,5 +341,5 @@ pub fn run(server: SocketAddr, queries: &[Vec<u8>], pace: Pace, duration: Durati
             }
         }
     }
-    Report { seconds: duration.as_secs_f64(), sent, received, bad, hist }
+    Report { seconds: duration.as_secs_f64(), sent, received, bad, nxdomain, hist }
 }

@@ -19,7 +19,7 @@ use sd::error::ProvideErrorMetadata;
 use tokio::time::Instant;
 
 use super::{
-    Backend, BackendError, Change, Discovered, DiscoveredInstance, NamespaceRef, ServiceInfo, Urgency,
+    Backend, BackendError, Change, Discovered, DiscoveredInstance, Health, NamespaceRef, ServiceInfo, Urgency,
 };
 
 #[derive(Debug, Clone)]
@@ -241,12 +241,10 @@ impl Backend for Aws {
                 .instances()
                 .iter()
                 .map(|i| DiscoveredInstance {
-                    id: i.instance_id().unwrap_or_default().to_string(),
-                    health: i.health_status().map_or("UNKNOWN", |h| h.as_str()).to_string(),
+                    id: i.instance_id().unwrap_or_default().into(),
+                    health: Health::parse(i.health_status().map_or("UNKNOWN", |h| h.as_str())),
                     attributes: std::sync::Arc::new(
-                        i.attributes()
-                            .map(|a| a.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                            .unwrap_or_default(),
+                        i.attributes().map(|a| a.iter().collect()).unwrap_or_default(),
                     ),
                 })
                 .collect(),

@@ -4,7 +4,7 @@
 use crate::registry::{Registry, RegistryError};
 
 use super::{
-    Backend, BackendError, Change, Discovered, DiscoveredInstance, NamespaceRef, ServiceInfo, Urgency,
+    Backend, BackendError, Change, Discovered, DiscoveredInstance, Health, NamespaceRef, ServiceInfo, Urgency,
 };
 
 pub struct Embedded {
@@ -67,9 +67,9 @@ impl Backend for Embedded {
                 .instances
                 .into_iter()
                 .map(|i| DiscoveredInstance {
-                    id: i.instance_id,
-                    health: i.health_status,
-                    attributes: std::sync::Arc::new(i.attributes),
+                    id: i.instance_id.into(),
+                    health: Health::parse(&i.health_status),
+                    attributes: std::sync::Arc::new(i.attributes.into()),
                 })
                 .collect(),
         })

@@ -2,13 +2,15 @@
 //! registry (and is told of every change as it commits); `aws` calls Cloud Map through
 //! aws-sdk-servicediscovery. Nothing outside this module knows which one is in use.
 
+mod attributes;
 pub mod aws;
 pub mod embedded;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+
+pub use attributes::Attributes;
 
 /// A namespace as the data plane names it: its HttpName, and its owner for shared namespaces.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -34,13 +36,33 @@ pub struct Discovered {
     pub grpc_config: Option<String>,
 }
 
+/// The strings are shared with the answer views built from it: one copy per instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DiscoveredInstance {
-    pub id: String,
-    /// HEALTHY, UNHEALTHY, or UNKNOWN (no health check).
-    pub health: String,
-    /// Shared with the answer views built from it: one copy per instance, however many views.
-    pub attributes: Arc<BTreeMap<String, String>>,
+    pub id: Arc<str>,
+    pub health: Health,
+    pub attributes: Arc<Attributes>,
+}
+
+/// An instance's health as DiscoverInstances reports it (HEALTHY, UNHEALTHY, UNKNOWN).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Health {
+    Healthy,
+    Unhealthy,
+    /// The service has no health check.
+    Unknown,
+}
+
+impl Health {
+    /// From the API's string; anything unexpected counts as no health check.
+    pub fn parse(s: &str) -> Health {
+        match s {
+            "HEALTHY" => Health::Healthy,
+            "UNHEALTHY" => Health::Unhealthy,
+            _ => Health::Unknown,
+        }
+    }
 }
 
 /// The service attribute that carries a gRPC service config for `_grpc_config` TXT.

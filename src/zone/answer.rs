@@ -379,7 +379,7 @@ fn cloudmap_txt(
         format!("state={state}"),
     ];
     for i in &view.instances {
-        if i.label != i.id.to_ascii_lowercase() {
+        if *i.label != i.id.to_ascii_lowercase() {
             out.push(format!("label:{}={}", i.label, i.id));
         }
     }
@@ -469,7 +469,7 @@ pub fn service(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Discovered, DiscoveredInstance, NamespaceRef};
+    use crate::backend::{Discovered, DiscoveredInstance, Health, NamespaceRef};
 
     fn labels(name: &str) -> Vec<Vec<u8>> {
         name.split('.').map(|l| l.as_bytes().to_vec()).collect()
@@ -552,8 +552,8 @@ mod tests {
     fn view(n: usize) -> ServiceView {
         let instances = (0..n)
             .map(|i| DiscoveredInstance {
-                id: format!("i-{i}"),
-                health: if i == 0 { "UNHEALTHY".into() } else { "HEALTHY".into() },
+                id: format!("i-{i}").into(),
+                health: if i == 0 { Health::Unhealthy } else { Health::Healthy },
                 attributes: std::sync::Arc::new(
                     [
                         ("AWS_INSTANCE_IPV4".to_string(), format!("10.0.0.{}", i + 1)),

@@ -46,9 +46,29 @@ pub fn match_label(s: &str) -> String {
     to_label(s).to_ascii_lowercase()
 }
 
+/// Whether `s` is answered under `label` (lower-case), as `match_label(s) == label` but without
+/// building the label when `s` is one already.
+pub fn is_label_of(s: &str, label: &str) -> bool {
+    if is_plain_label(s) {
+        s.len() == label.len() && s.bytes().zip(label.bytes()).all(|(a, b)| a.to_ascii_lowercase() == b)
+    } else {
+        match_label(s) == label
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn is_label_of_agrees_with_match_label() {
+        let strings = ["web-1", "Web-1", "WEB-1", "10.0.0.1:8080", "v2", "V2", "", "a b", &"x".repeat(70)];
+        for s in strings {
+            for l in strings.iter().map(|t| match_label(t)).chain(["Web-1".into(), "web".into()]) {
+                assert_eq!(is_label_of(s, &l), match_label(s) == l, "{s:?} under {l:?}");
+            }
+        }
+    }
 
     #[test]
     fn plain_labels_pass_through() {

@@ -1,28 +1,23 @@
 //! A service's instances as the DNS side reads them: addresses, ports and labels parsed once per
 //! fetch, not once per query.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::Arc;
 
-use crate::backend::Discovered;
+pub use crate::backend::Health;
+use crate::backend::{Attributes, Discovered};
 use crate::dns::wire;
 
 use super::labels;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Health {
-    Healthy,
-    Unhealthy,
-    /// The service has no health check.
-    Unknown,
-}
-
+/// One instance, its strings shared with the discovery result it was built from (at 100,000
+/// instances every per-instance copy shows in the resident size).
 #[derive(Debug, Clone)]
 pub struct InstanceView {
-    pub id: String,
-    /// The label the instance is answered under (lower-case).
-    pub label: String,
+    pub id: Arc<str>,
+    /// The label the instance is answered under (lower-case): the id itself when it is one.
+    pub label: Arc<str>,
     pub ipv4: Option<Ipv4Addr>,
     pub ipv6: Option<Ipv6Addr>,
     /// AWS_INSTANCE_CNAME in wire form.
@@ -33,9 +28,7 @@ pub struct InstanceView {
     pub priority: u16,
     pub weight: u16,
     pub health: Health,
-    pub attributes: Arc<BTreeMap<String, String>>,
-    /// (key label, value label) of every attribute, lower-case, for filter names.
-    pub attribute_labels: Vec<(String, String)>,
+    pub attributes: Arc<Attributes>,
 }
 
 impl InstanceView {
@@ -43,12 +36,13 @@ impl InstanceView {
         self.health != Health::Unhealthy
     }
 
+    /// Whether an attribute's key and value are answered under these (lower-case) labels.
     pub fn matches(&self, key: &str, value: &str) -> bool {
-        self.attribute_labels.iter().any(|(k, v)| k == key && v == value)
+        self.attributes.iter().any(|(k, v)| labels::is_label_of(k, key) && labels::is_label_of(v, value))
     }
 
     pub fn has_key(&self, key: &str) -> bool {
-        self.attribute_labels.iter().any(|(k, _)| k == key)
+        self.attributes.iter().any(|(k, _)| labels::is_label_of(k, key))
     }
 }
 
@@ -58,7 +52,7 @@ pub struct ServiceView {
     pub revision: i64,
     pub instances: Vec<InstanceView>,
     /// Instance label (lower-case) -> index.
-    pub by_label: HashMap<String, usize>,
+    pub by_label: HashMap<Arc<str>, usize>,
     pub grpc_config: Option<String>,
     pub has_health_check: bool,
 }
@@ -71,24 +65,17 @@ impl ServiceView {
             .map(|i| {
                 let a = &i.attributes;
                 let num = |k: &str, default: u16| a.get(k).and_then(|v| v.parse().ok()).unwrap_or(default);
+                let label = labels::match_label(&i.id);
                 InstanceView {
+                    label: if *label == *i.id { i.id.clone() } else { label.into() },
                     id: i.id.clone(),
-                    label: labels::match_label(&i.id),
                     ipv4: a.get("AWS_INSTANCE_IPV4").and_then(|v| v.parse().ok()),
                     ipv6: a.get("AWS_INSTANCE_IPV6").and_then(|v| v.parse().ok()),
                     cname: a.get("AWS_INSTANCE_CNAME").and_then(|v| wire::encode_name(v)),
                     port: a.get("AWS_INSTANCE_PORT").and_then(|v| v.parse().ok()).filter(|p| *p > 0),
                     priority: num("srv_priority", 1),
                     weight: num("srv_weight", 1),
-                    health: match i.health.as_str() {
-                        "HEALTHY" => Health::Healthy,
-                        "UNHEALTHY" => Health::Unhealthy,
-                        _ => Health::Unknown,
-                    },
-                    attribute_labels: a
-                        .iter()
-                        .map(|(k, v)| (labels::match_label(k), labels::match_label(v)))
-                        .collect(),
+                    health: i.health,
                     attributes: a.clone(),
                 }
             })

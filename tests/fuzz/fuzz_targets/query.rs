@@ -6,12 +6,11 @@
 
 #![no_main]
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 
 use cloudmap_dns::acl::{self, Acl};
 use cloudmap_dns::backend::{
-    Backend, BackendError, Change, Discovered, DiscoveredInstance, NamespaceRef, ServiceInfo, Urgency,
+    Backend, BackendError, Change, Discovered, DiscoveredInstance, Health, NamespaceRef, ServiceInfo, Urgency,
 };
 use cloudmap_dns::cache::{Cache, CacheSettings, ZoneSource};
 use cloudmap_dns::dns::engine::{Engine, EngineSettings, Transport};
@@ -27,8 +26,8 @@ struct Fixed {
 fn instance(id: &str, attrs: &[(&str, &str)], health: &str) -> DiscoveredInstance {
     DiscoveredInstance {
         id: id.into(),
-        health: health.into(),
-        attributes: Arc::new(attrs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<BTreeMap<_, _>>()),
+        health: Health::parse(health),
+        attributes: Arc::new(attrs.iter().copied().collect()),
     }
 }
 
