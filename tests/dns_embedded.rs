@@ -508,4 +508,8 @@ async fn answers_stay_correct_through_a_flood_of_new_names() {
     for _ in 0..20 {
         assert_eq!(dns::srv(&ask(&server, "orders.demo", SRV)).len(), 2);
     }
+    // The oldest entry goes for each new one: the cache stays full, never emptied at once.
+    let namespace = [("cache", "namespace")];
+    assert_eq!(server.metric("cloudmap_dns_cache_entries", &namespace), 50.0);
+    assert!(server.metric("cloudmap_dns_cache_evictions_total", &namespace) >= 450.0);
 }

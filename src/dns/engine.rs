@@ -9,8 +9,9 @@
 //! stores what it built for the next query.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -73,6 +74,11 @@ enum ZoneOutcome {
 pub struct Engine {
     cache: Arc<Cache>,
     answers: DashMap<Box<[u8]>, Arc<Answer>>,
+    /// Every insertion into `answers` in order, with the answer's address: when full, the
+    /// oldest goes (if that key still holds that answer). A flood of new names evicts one entry
+    /// per insertion, never the whole cache in one sweep (a sweep of 100,000 entries stalled
+    /// the UDP loop for tens of milliseconds, and queries were lost).
+    order: Mutex<VecDeque<(Box<[u8]>, usize)>>,
     /// Answers dropped to stay within `max_cached_answers`.
     evicted: AtomicU64,
     /// Both swapped whole on reload (SIGHUP); a query uses what was current when it came in.
@@ -94,6 +100,7 @@ impl Engine {
         Engine {
             cache,
             answers: DashMap::new(),
+            order: Mutex::new(VecDeque::new()),
             evicted: AtomicU64::new(0),
             forwarder: ArcSwapOption::new(forwarder),
             settings: ArcSwap::from_pointee(settings),
@@ -448,20 +455,20 @@ impl Engine {
     fn store(&self, q: &Query<'_>, answer: Answer, case_sensitive: bool, max: usize) -> Arc<Answer> {
         let answer = Arc::new(answer);
         if answer.cacheable && !case_sensitive {
-            if self.answers.len() >= max {
-                // Full: drop what is outdated; if that frees too little (a flood of new names),
-                // start over. Answers are rebuilt from the namespace cache without backend calls,
-                // and this happens at most once per `max_cached_answers` insertions.
-                let before = self.answers.len();
-                self.answers.retain(|_, a| a.is_current());
-                if self.answers.len() >= max * 9 / 10 {
-                    self.answers.clear();
-                }
-                self.evicted.fetch_add((before - self.answers.len()) as u64, Ordering::Relaxed);
-            }
             let mut key = [0u8; KEY_ROOM];
             let n = wire::key_into(q, &mut key);
-            self.answers.insert(Box::from(&key[..n]), answer.clone());
+            let key: Box<[u8]> = Box::from(&key[..n]);
+            let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+            // An evicted answer is rebuilt from the namespace cache on its next query, without
+            // backend calls. A key cached again leaves an older record that evicts nothing.
+            while order.len() >= max.max(1) {
+                let Some((old, at)) = order.pop_front() else { break };
+                if self.answers.remove_if(&old, |_, a| Arc::as_ptr(a) as usize == at).is_some() {
+                    self.evicted.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            order.push_back((key.clone(), Arc::as_ptr(&answer) as usize));
+            self.answers.insert(key, answer.clone());
         }
         answer
     }

@@ -68,7 +68,31 @@ fn to_socket_addr(a: &libc::sockaddr_storage) -> Option<SocketAddr> {
 impl RecvBatch {
     /// Waits until datagrams arrive and receives up to `BATCH` of them; their count.
     pub async fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        socket.async_io(Interest::READABLE, || self.try_recv(socket.as_raw_fd())).await
+        loop {
+            socket.readable().await?;
+            // recvmmsg with MSG_DONTWAIT returns fewer datagrams than asked only when no more
+            // are queued. Such a batch is handed to tokio as WouldBlock, so that it clears the
+            // socket's readiness now instead of after one more, empty, recvmmsg: below
+            // saturation batches hold a datagram or two, and that call was a quarter of the
+            // system calls per query. (A datagram arriving meanwhile raises readiness again.)
+            let mut drained = 0;
+            let r = socket.try_io(Interest::READABLE, || match self.try_recv(socket.as_raw_fd())? {
+                n if n < BATCH => {
+                    drained = n;
+                    Err(io::ErrorKind::WouldBlock.into())
+                }
+                n => Ok(n),
+            });
+            match r {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if drained > 0 {
+                        return Ok(drained);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     fn try_recv(&mut self, fd: i32) -> io::Result<usize> {
