@@ -71,7 +71,7 @@ impl ServiceView {
                     id: i.id.clone(),
                     ipv4: a.get("AWS_INSTANCE_IPV4").and_then(|v| v.parse().ok()),
                     ipv6: a.get("AWS_INSTANCE_IPV6").and_then(|v| v.parse().ok()),
-                    cname: a.get("AWS_INSTANCE_CNAME").and_then(|v| wire::encode_name(v)),
+                    cname: a.get("AWS_INSTANCE_CNAME").and_then(wire::encode_name),
                     port: a.get("AWS_INSTANCE_PORT").and_then(|v| v.parse().ok()).filter(|p| *p > 0),
                     priority: num("srv_priority", 1),
                     weight: num("srv_weight", 1),
