@@ -1,7 +1,8 @@
 //! An instance's attributes in two allocations: every key and value back to back in one string,
 //! sorted by key, and where each ends. A `BTreeMap<String, String>` of the usual three to five
-//! attributes takes a 540-byte node and a heap string per key and value; at 100,000 instances
-//! that was about 70 MiB of the cache, this is about 15.
+//! attributes takes a 540-byte node and a heap string per key and value; with this (and the
+//! view sharing the instance's strings) the aws server with 100,000 instances went from 239 to
+//! 126 MiB resident (bench/README.md, *Scale*).
 
 use std::collections::BTreeMap;
 use std::fmt;

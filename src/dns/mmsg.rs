@@ -73,8 +73,8 @@ impl RecvBatch {
             // recvmmsg with MSG_DONTWAIT returns fewer datagrams than asked only when no more
             // are queued. Such a batch is handed to tokio as WouldBlock, so that it clears the
             // socket's readiness now instead of after one more, empty, recvmmsg: below
-            // saturation batches hold a datagram or two, and that call was a quarter of the
-            // system calls per query. (A datagram arriving meanwhile raises readiness again.)
+            // saturation batches hold a datagram or two, so that call was one more system call
+            // per query or two. (A datagram arriving meanwhile raises readiness again.)
             let mut drained = 0;
             let r = socket.try_io(Interest::READABLE, || match self.try_recv(socket.as_raw_fd())? {
                 n if n < BATCH => {
