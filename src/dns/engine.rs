@@ -272,14 +272,19 @@ impl Engine {
         self.count(Source::Forward, Some(q), client, response, started);
     }
 
-    /// The full path, for whatever `answer_cached` could not answer.
+    /// The whole path: the answer cache, then whatever it could not answer.
     pub async fn answer(&self, packet: &[u8], transport: Transport, client: IpAddr) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(512);
         match self.answer_cached(packet, transport, client, &mut out) {
-            Fast::Answered => return Some(out),
-            Fast::Dropped => return None,
-            Fast::Miss => {}
+            Fast::Answered => Some(out),
+            Fast::Dropped => None,
+            Fast::Miss => self.answer_miss(packet, transport, client).await,
         }
+    }
+
+    /// What `answer_cached` could not answer (it said `Fast::Miss` for this packet).
+    pub async fn answer_miss(&self, packet: &[u8], transport: Transport, client: IpAddr) -> Option<Vec<u8>> {
+        let mut out = Vec::with_capacity(512);
         let started = Instant::now();
         let q = wire::parse_query(packet).ok()?;
         let limit = limit(&q, transport);

@@ -299,7 +299,7 @@ async fn serve_udp(
     }
 }
 
-/// Answers a cache miss. Most need nothing to wait for (a new name answered from the namespace
+/// Answers a cache miss. Many need nothing to wait for (a new name answered from the namespace
 /// cache, NXDOMAIN): those are answered at once, in the receiving loop, and their response is
 /// returned for the caller to send (in the batch, on the batched path), which spares a task and
 /// a system call each. The rest (a backend or upstream call) go on on their own task.
@@ -317,8 +317,10 @@ fn miss(
     let engine = engine.clone();
     let guard = inflight.enter();
     let span = tracing::debug_span!("query", %peer, transport = "udp");
-    let mut answer =
-        Box::pin(async move { engine.answer(&packet, Transport::Udp, peer.ip()).await }.instrument(span));
+    // The loop's `answer_cached` just missed: straight to the rest of the path.
+    let mut answer = Box::pin(
+        async move { engine.answer_miss(&packet, Transport::Udp, peer.ip()).await }.instrument(span),
+    );
     // One poll: what waits registers the real waker when the task polls it again.
     let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
     if let std::task::Poll::Ready(response) = answer.as_mut().poll(&mut cx) {
