@@ -213,3 +213,28 @@ pub fn ede_text(m: &Message) -> Option<String> {
         _ => None,
     })
 }
+
+/// Datagrams the kernel dropped, its receive buffer full, on the UDP sockets bound to `port`
+/// (the `drops` column of /proc/net/udp and udp6; 0 where there is no /proc). Tests that flood a
+/// server count these apart from what the server itself dropped.
+pub fn kernel_drops(port: u16) -> u64 {
+    let suffix = format!(":{port:04X}");
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .flat_map(|table| {
+            table
+                .lines()
+                .skip(1)
+                .filter_map(|line| {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    let local = fields.get(1)?;
+                    if !local.ends_with(&suffix) {
+                        return None;
+                    }
+                    fields.last()?.parse::<u64>().ok()
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum()
+}
