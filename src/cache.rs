@@ -786,17 +786,14 @@ impl Cache {
     }
 
     async fn refresh_loop(self: Arc<Self>, ns: Arc<NamespaceState>, slot: Arc<ServiceSlot>) {
-        // Checks start one interval apart, not one interval after the last check ended: a
-        // change waits at most the interval plus one round trip, however slow calls are.
-        let mut next = tokio::time::Instant::now();
+        // The first check comes at a random point of the first interval (the service was just
+        // checked for the query that started this loop). Services first asked for together (a
+        // client starting, a burst of traffic) would otherwise be checked together every
+        // interval: a burst of calls that holds up the queries on a busy core and meets the
+        // API's rate limit all at once.
+        let first = self.effective_refresh().mul_f64(rand::random::<f64>());
+        let mut next = tokio::time::Instant::now() + first;
         loop {
-            let period = self.effective_refresh();
-            next += period;
-            let now = tokio::time::Instant::now();
-            if next < now {
-                // A check overran its slot: no catch-up burst, a whole interval from now.
-                next = now + period;
-            }
             tokio::time::sleep_until(next).await;
             let idle_ms = now_ms().saturating_sub(slot.last_used.load(Ordering::Relaxed));
             if idle_ms > self.settings.load().idle_timeout.as_millis() as u64 {
@@ -808,6 +805,15 @@ impl Cache {
                 return;
             }
             self.revalidate(&ns, &slot, Instant::now(), Urgency::Background).await;
+            // Checks start one interval apart, not one interval after the last check ended: a
+            // change waits at most the interval plus one round trip, however slow calls are.
+            let period = self.effective_refresh();
+            next += period;
+            let now = tokio::time::Instant::now();
+            if next < now {
+                // A check overran its slot: no catch-up burst, a whole interval from now.
+                next = now + period;
+            }
         }
     }
 

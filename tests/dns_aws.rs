@@ -334,6 +334,67 @@ async fn a_short_budget_stretches_the_refresh_interval() {
     assert!(revisions <= 8, "about one per service per second, not five: {revisions}");
 }
 
+/// Services first asked for together are re-validated at spread-out points of the refresh
+/// interval, not in one burst per interval (which would stall queries on a busy core and meet
+/// the API's rate limit at once).
+#[tokio::test]
+async fn services_asked_for_together_are_checked_apart() {
+    const SERVICES: usize = 40;
+    let (registry, c, _svc) = registry().await;
+    let ns = common::http_namespace(&c, "spread").await;
+    for i in 0..SERVICES {
+        let svc = c.create_service().name(format!("s{i}")).namespace_id(&ns).send().await.unwrap();
+        register(&c, svc.service().unwrap().id().unwrap(), "i1", "10.1.0.1").await;
+    }
+    let proxy = Proxy::start(registry.api);
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tmp.path().join("aws.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[backend]\nkind = \"aws\"\nendpoint_url = \"{}\"\nrefresh_ms = 1000\nhealth_refresh_ms = 60000\n\
+             rate_limit = 1000.0\n\n[[dns.zones]]\nzone = \"spread.example\"\nnamespace = \"spread\"\n",
+            proxy.url()
+        ),
+    )
+    .unwrap();
+    let server = Arc::new(
+        Server::start_in(&tmp.path().join("data"), &["--config", config.to_str().unwrap()]).unwrap(),
+    );
+    // All at once, as a client starting up would.
+    let threads: Vec<_> = (0..SERVICES)
+        .map(|i| {
+            let server = server.clone();
+            std::thread::spawn(move || dns::a(&ask(&server, &format!("s{i}.spread.example"))).len())
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 1);
+    }
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Each check's phase within the 1 s interval, in ms.
+    let phases: Vec<u128> = proxy
+        .calls()
+        .iter()
+        .filter(|c| c.at >= start && c.operation == "DiscoverInstancesRevision" && c.body.contains("\"s"))
+        .map(|c| (c.at - start).as_millis() % 1000)
+        .collect();
+    assert!(phases.len() >= 2 * SERVICES, "{} checks of {SERVICES} services in 3 s", phases.len());
+    // The most checks that fall in any 200 ms of the interval: a fifth of them when spread
+    // evenly, nearly all when they come in one burst.
+    let busiest = phases
+        .iter()
+        .map(|&from| phases.iter().filter(|&&p| (p + 1000 - from) % 1000 < 200).count())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        busiest * 100 < phases.len() * 50,
+        "{busiest} of {} checks within 200 ms of the 1 s interval: {phases:?}",
+        phases.len()
+    );
+}
+
 /// Re-validations start one refresh interval apart however long each call takes, so a change
 /// waits at most the interval plus one round trip (not the interval plus every past round trip).
 #[tokio::test]
