@@ -258,6 +258,17 @@ async fn truncated_upstream_replies_are_retried_over_tcp() {
     assert_eq!(front.seen().len(), 2);
 }
 
+#[tokio::test]
+async fn oversized_upstream_replies_over_udp_are_taken_whole() {
+    let authority = Authority::start().await;
+    let front = Front::start(Ipv4Addr::new(127, 0, 0, 29), Some(authority.addr)).await;
+    front.set_mode(Mode::OversizeUdp);
+    let (server, _dir) = start("", &[front.addr], &[]);
+    let r = ask_tcp(server.dns, &query("huge.example.test", A)).await;
+    assert_eq!(a(&r).len(), 200, "a 3 KiB UDP reply, though 1,232 bytes were asked for");
+    assert_eq!(front.seen().iter().map(|s| s.tcp).collect::<Vec<_>>(), [false], "no retry");
+}
+
 /// A query with DO set and an EDNS Client Subnet option.
 fn dnssec_query(name: &str) -> Vec<u8> {
     let mut p = query_with(name, A, &Q { edns: None, ..Q::default() });

@@ -281,9 +281,12 @@ impl Upstreams {
         let socket = UdpSocket::bind(local).await.map_err(|e| format!("cannot open a UDP socket: {e}"))?;
         socket.connect(upstream.addr).await.map_err(|e| format!("cannot reach: {e}"))?;
         socket.send(query).await.map_err(|e| format!("cannot send: {e}"))?;
-        let mut buf = vec![0u8; 65535];
+        // Room for any datagram (we ask for 1,232 bytes, an upstream may ignore that), not
+        // zeroed: zeroing 64 KiB per query showed in the forwarded-miss profile.
+        let mut buf = Vec::with_capacity(65535);
         loop {
-            let n = socket.recv(&mut buf).await.map_err(|e| format!("receive failed: {e}"))?;
+            buf.clear();
+            let n = socket.recv_buf(&mut buf).await.map_err(|e| format!("receive failed: {e}"))?;
             match reply::accept(&buf[..n], id, question, self.settings.clamps) {
                 Ok(t) => return Ok(t),
                 Err(Bad::Mismatch | Bad::Malformed) => {

@@ -56,6 +56,14 @@ fn zone_records() -> Vec<Record> {
             RData::A(A(Ipv4Addr::new(198, 51, 100, i))),
         ));
     }
+    // About 3,300 bytes: more than any EDNS payload size cloudmap-dns advertises.
+    for i in 0..200u8 {
+        r.push(Record::from_rdata(
+            name("huge.example.test."),
+            300,
+            RData::A(A(Ipv4Addr::new(203, 0, 113, i))),
+        ));
+    }
     r
 }
 
@@ -110,6 +118,9 @@ pub enum Mode {
     WrongIdFirst,
     /// Over UDP: a reply with TC set and no records; over TCP: the real answer.
     TruncateUdp,
+    /// Over UDP: the whole answer however large, as an upstream that ignores the payload size
+    /// the query advertised would send it.
+    OversizeUdp,
 }
 
 /// A query as the front received it.
@@ -217,6 +228,11 @@ impl Front {
                             let mut r = reply_with_rcode(&query, 0);
                             r[2] |= 0x02;
                             let _ = udp.send_to(&r, from).await;
+                        }
+                        Mode::OversizeUdp => {
+                            let Some(target) = target else { return };
+                            let Some(reply) = exchange_tcp(target, &query).await else { return };
+                            let _ = udp.send_to(&reply, from).await;
                         }
                         Mode::Forward | Mode::WrongIdFirst => {
                             let Some(target) = target else { return };
