@@ -219,22 +219,14 @@ pub fn ede_text(m: &Message) -> Option<String> {
 /// server count these apart from what the server itself dropped.
 pub fn kernel_drops(port: u16) -> u64 {
     let suffix = format!(":{port:04X}");
-    ["/proc/net/udp", "/proc/net/udp6"]
-        .iter()
-        .filter_map(|path| std::fs::read_to_string(path).ok())
-        .flat_map(|table| {
-            table
-                .lines()
-                .skip(1)
-                .filter_map(|line| {
-                    let fields: Vec<&str> = line.split_whitespace().collect();
-                    let local = fields.get(1)?;
-                    if !local.ends_with(&suffix) {
-                        return None;
-                    }
-                    fields.last()?.parse::<u64>().ok()
-                })
-                .collect::<Vec<_>>()
-        })
-        .sum()
+    let mut drops = 0;
+    for table in ["/proc/net/udp", "/proc/net/udp6"].iter().filter_map(|p| std::fs::read_to_string(p).ok()) {
+        for line in table.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.get(1).is_some_and(|local| local.ends_with(&suffix)) {
+                drops += fields.last().and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
+            }
+        }
+    }
+    drops
 }
