@@ -86,19 +86,19 @@ busy() { awk -v c="cpu$SRV_CPU" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3
 field() { awk -v k="$1" '{ for (i = 1; i < NF; i++) if ($i == k) print $(i + 1) }'; }
 
 # The query file for a workload; the miss workloads get names never asked before, enough for
-# `rate` queries/s (max: 600,000/s) over `seconds`.
-SEQ=0
+# `rate` queries/s (max: 600,000/s) over `seconds`. The prefix is taken from the clock: this runs
+# in a subshell, where a counter would not survive, and repeated names would be negative-cache
+# hits (up.test's SOA minimum is a day) for a server whose cache holds them all.
 queries() { # workload rate seconds
     case "$1" in
     a | srv) echo "$GEN/q-demo-$1.txt" ;;
     fwd-a) echo "$GEN/q-up-a.txt" ;;
     nx | fwd-miss)
-        SEQ=$((SEQ + 1))
         local f=$WORK/q-fresh.txt suffix=demo rate=$2
         [ "$1" = fwd-miss ] && suffix=up.test
         [ "$rate" = max ] && rate=600000
         awk -v n="$(awk -v r="$rate" -v s="$3" 'BEGIN { printf "%d", r * s * 1.1 + 1000 }')" \
-            -v p="m$SEQ-$$" -v z="$suffix" 'BEGIN { for (i = 0; i < n; i++) printf "%s-%d.%s A\n", p, i, z }' >"$f"
+            -v p="m$(date +%s%N)" -v z="$suffix" 'BEGIN { for (i = 0; i < n; i++) printf "%s-%d.%s A\n", p, i, z }' >"$f"
         echo "$f"
         ;;
     esac

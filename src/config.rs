@@ -172,6 +172,9 @@ pub struct ForwardConfig {
     /// ...for this long at first, doubling while it keeps failing, up to the max.
     pub down_for_ms: u64,
     pub down_for_max_ms: u64,
+    /// How long an upstream UDP socket (its random source port) is reused after it was opened;
+    /// 0: a new socket per query.
+    pub udp_socket_lifetime_ms: u64,
     /// How often the forwarder checks that its queries do not come back to it.
     pub loop_check_interval_s: u64,
     pub cache: ForwardCacheConfig,
@@ -187,6 +190,7 @@ impl Default for ForwardConfig {
             down_after_failures: 3,
             down_for_ms: 1000,
             down_for_max_ms: 30_000,
+            udp_socket_lifetime_ms: 10_000,
             loop_check_interval_s: 60,
             cache: ForwardCacheConfig::default(),
         }
@@ -609,6 +613,7 @@ impl Config {
                 down_after: f.down_after_failures,
                 down_for: Duration::from_millis(f.down_for_ms),
                 down_for_max: Duration::from_millis(f.down_for_max_ms),
+                udp_socket_lifetime: Duration::from_millis(f.udp_socket_lifetime_ms),
                 clamps: crate::forward::reply::Clamps {
                     min_ttl: f.cache.min_ttl_s,
                     max_ttl: f.cache.max_ttl_s,

@@ -1,12 +1,19 @@
-//! The upstream resolvers: one exchange per try (UDP from a fresh socket on a random port with a
-//! random ID, TCP when the reply is truncated), failover in the configured order, and a health
-//! view of each upstream so a failing one is skipped until it recovers.
+//! The upstream resolvers: one exchange per try (UDP with a random ID from a socket on a random
+//! port, TCP when the reply is truncated), failover in the configured order, and a health view of
+//! each upstream so a failing one is skipped until it recovers.
 //!
 //! A reply is accepted only if it comes from the upstream's address (the socket is connected),
 //! carries the ID sent and echoes the question sent (`reply::accept`); anything else is counted
 //! and ignored while the try waits on, so an unsolicited or spoofed datagram can neither poison
 //! the cache nor cut the wait short.
+//!
+//! UDP sockets are pooled per upstream: opening, binding, connecting, registering and closing a
+//! socket per query was a quarter of a forwarded miss's CPU (`perf`, bench/README.md). A socket
+//! goes back to the pool only after a try that got its reply, so no try's late reply waits in a
+//! reused socket, and it is retired `udp_socket_lifetime` after it was opened (CoreDNS's
+//! `expire`, 10 s by default), so the source port keeps changing; 0 opens one per query.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -28,6 +35,9 @@ pub struct UpstreamSettings {
     /// How long a failing upstream is skipped at first; doubled while it keeps failing.
     pub down_for: Duration,
     pub down_for_max: Duration,
+    /// How long a UDP socket (its source port) serves queries after it was opened; zero: one
+    /// socket per query.
+    pub udp_socket_lifetime: Duration,
     /// TTL clamps applied to what is accepted.
     pub clamps: reply::Clamps,
 }
@@ -39,12 +49,28 @@ struct Health {
     down_for: Duration,
 }
 
+/// Most idle UDP sockets kept per upstream: what a burst of concurrent misses opened beyond this
+/// is closed when its try ends.
+const MAX_IDLE_SOCKETS: usize = 256;
+
+/// A UDP socket connected to one upstream, with its receive buffer.
+#[derive(Debug)]
+struct UdpConn {
+    socket: UdpSocket,
+    /// Room for any datagram (we ask for 1,232 bytes, an upstream may ignore that); never
+    /// zeroed: only the bytes received are read.
+    buf: Vec<u8>,
+    opened: Instant,
+}
+
 #[derive(Debug)]
 pub struct Upstream {
     pub addr: SocketAddr,
     /// `upstream` label of its metrics.
     label: String,
     health: Mutex<Health>,
+    /// Idle UDP sockets, most recently used last.
+    idle: Mutex<VecDeque<UdpConn>>,
 }
 
 impl Upstream {
@@ -115,6 +141,7 @@ impl Upstreams {
                     addr,
                     label,
                     health: Mutex::new(Health { failures: 0, down_until: None, down_for: settings.down_for }),
+                    idle: Mutex::new(VecDeque::new()),
                 }
             })
             .collect();
@@ -271,28 +298,52 @@ impl Upstreams {
         id: u16,
         question: &[u8],
     ) -> Result<Template, String> {
-        // A fresh socket per try: the kernel picks a random ephemeral port, so a spoofer must
-        // guess the port as well as the ID; `connect` makes the kernel drop datagrams from any
-        // other address.
-        let local: SocketAddr = match upstream.addr {
-            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        let mut conn = match self.idle_conn(upstream) {
+            Some(conn) => conn,
+            None => open_udp(upstream.addr).await?,
         };
-        let socket = UdpSocket::bind(local).await.map_err(|e| format!("cannot open a UDP socket: {e}"))?;
-        socket.connect(upstream.addr).await.map_err(|e| format!("cannot reach: {e}"))?;
-        socket.send(query).await.map_err(|e| format!("cannot send: {e}"))?;
-        // Room for any datagram (we ask for 1,232 bytes, an upstream may ignore that), not
-        // zeroed: only the bytes received are read.
-        let mut buf = Vec::with_capacity(65535);
+        conn.socket.send(query).await.map_err(|e| format!("cannot send: {e}"))?;
         loop {
-            buf.clear();
-            let n = socket.recv_buf(&mut buf).await.map_err(|e| format!("receive failed: {e}"))?;
-            match reply::accept(&buf[..n], id, question, self.settings.clamps) {
-                Ok(t) => return Ok(t),
+            conn.buf.clear();
+            let n = conn.socket.recv_buf(&mut conn.buf).await.map_err(|e| format!("receive failed: {e}"))?;
+            match reply::accept(&conn.buf[..n], id, question, self.settings.clamps) {
+                Ok(t) => {
+                    self.keep_conn(upstream, conn);
+                    return Ok(t);
+                }
                 Err(Bad::Mismatch | Bad::Malformed) => {
                     upstream.count("mismatched");
                     tracing::debug!(upstream = %upstream.addr, "ignored a reply that does not match the query");
                 }
+            }
+        }
+    }
+
+    /// The most recently used idle socket still within its lifetime; older ones are closed.
+    fn idle_conn(&self, upstream: &Upstream) -> Option<UdpConn> {
+        let lifetime = self.settings.udp_socket_lifetime;
+        let mut idle = upstream.idle.lock().ok()?;
+        while let Some(conn) = idle.pop_back() {
+            if conn.opened.elapsed() < lifetime {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    /// Returns a socket whose try got its reply to the pool, unless it is past its lifetime or
+    /// the pool is full; the least recently used sockets past their lifetime are closed.
+    fn keep_conn(&self, upstream: &Upstream, conn: UdpConn) {
+        let lifetime = self.settings.udp_socket_lifetime;
+        if conn.opened.elapsed() >= lifetime {
+            return;
+        }
+        if let Ok(mut idle) = upstream.idle.lock() {
+            while idle.front().is_some_and(|c| c.opened.elapsed() >= lifetime) {
+                idle.pop_front();
+            }
+            if idle.len() < MAX_IDLE_SOCKETS {
+                idle.push_back(conn);
             }
         }
     }
@@ -324,4 +375,16 @@ impl Upstreams {
             }
         }
     }
+}
+
+/// A new UDP socket for `addr`: the kernel picks a random ephemeral port, so a spoofer must guess
+/// the port as well as the ID; `connect` makes the kernel drop datagrams from any other address.
+async fn open_udp(addr: SocketAddr) -> Result<UdpConn, String> {
+    let local: SocketAddr = match addr {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(local).await.map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    socket.connect(addr).await.map_err(|e| format!("cannot reach: {e}"))?;
+    Ok(UdpConn { socket, buf: Vec::with_capacity(65535), opened: Instant::now() })
 }
