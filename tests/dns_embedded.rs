@@ -502,7 +502,10 @@ async fn answers_stay_correct_through_a_flood_of_new_names() {
     std::fs::write(&config, "[dns]\nmax_cached_answers = 50\n").unwrap();
     let server = Server::start(&["--demo", "--config", config.to_str().unwrap()]);
     for i in 0..500 {
-        assert_eq!(rcode(&ask(&server, &format!("flood-{i}.demo"), A)), ResponseCode::NXDomain);
+        // Twice each: a negative answer is stored from its second time on.
+        for _ in 0..2 {
+            assert_eq!(rcode(&ask(&server, &format!("flood-{i}.demo"), A)), ResponseCode::NXDomain);
+        }
     }
     // Hot names keep answering correctly once the cache has been swept.
     for _ in 0..20 {
@@ -512,4 +515,36 @@ async fn answers_stay_correct_through_a_flood_of_new_names() {
     let namespace = [("cache", "namespace")];
     assert_eq!(server.metric("cloudmap_dns_cache_entries", &namespace), 50.0);
     assert!(server.metric("cloudmap_dns_cache_evictions_total", &namespace) >= 450.0);
+}
+
+#[tokio::test]
+async fn names_asked_once_are_not_cached_as_negative_answers() {
+    let server = Server::start(&["--demo"]);
+    let namespace = [("cache", "namespace")];
+    let hit = [("cache", "namespace"), ("result", "hit")];
+    // (The first answer of a service comes as it is first loaded, and is rebuilt once after.)
+    for _ in 0..2 {
+        assert_eq!(dns::srv(&ask(&server, "orders.demo", SRV)).len(), 2);
+    }
+    let entries = server.metric("cloudmap_dns_cache_entries", &namespace);
+    assert!(entries >= 1.0, "a positive answer is stored at once");
+
+    // A flood of one-off names (random subdomains) is answered, and nothing of it is stored.
+    for i in 0..300 {
+        assert_eq!(rcode(&ask(&server, &format!("once-{i}.demo"), A)), ResponseCode::NXDomain);
+    }
+    assert_eq!(server.metric("cloudmap_dns_cache_entries", &namespace), entries);
+
+    // A name asked again is: stored on its second answer, a hit from its third.
+    let hits = server.metric("cloudmap_dns_cache_lookups_total", &hit);
+    for _ in 0..2 {
+        assert_eq!(rcode(&ask(&server, "typo.demo", A)), ResponseCode::NXDomain);
+    }
+    assert_eq!(server.metric("cloudmap_dns_cache_entries", &namespace), entries + 1.0);
+    assert_eq!(server.metric("cloudmap_dns_cache_lookups_total", &hit), hits);
+    assert_eq!(rcode(&ask(&server, "typo.demo", A)), ResponseCode::NXDomain);
+    assert_eq!(server.metric("cloudmap_dns_cache_lookups_total", &hit), hits + 1.0);
+    // Positive answers are still hits from their second query.
+    assert_eq!(dns::srv(&ask(&server, "orders.demo", SRV)).len(), 2);
+    assert_eq!(server.metric("cloudmap_dns_cache_lookups_total", &hit), hits + 2.0);
 }

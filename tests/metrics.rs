@@ -139,7 +139,8 @@ async fn values_follow_the_traffic() {
         total("cloudmap_dns_backend_request_duration_seconds_count", &[("operation", "DiscoverInstances")])
             >= 1.0
     );
-    assert!(total("cloudmap_dns_cache_entries", &[("cache", "namespace")]) >= 2.0);
+    // orders.demo's answer; new.demo's NXDOMAIN, asked once, is not stored.
+    assert!(total("cloudmap_dns_cache_entries", &[("cache", "namespace")]) >= 1.0);
     assert_eq!(total("cloudmap_dns_cache_entries", &[("cache", "forward")]), 1.0);
 }
 

@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,12 +82,21 @@ pub struct Engine {
     order: Mutex<VecDeque<(Box<[u8]>, usize)>>,
     /// Answers dropped to stay within `max_cached_answers`.
     evicted: AtomicU64,
+    /// Admission of negative answers (NXDOMAIN, REFUSED): the fingerprints of keys answered
+    /// once, by slot. Such an answer is stored only when its key is answered again while its
+    /// fingerprint is still in its slot, so a flood of one-off names (random subdomains) neither
+    /// pays to be stored nor pushes the answers clients ask for again out of the cache.
+    seen_once: Box<[AtomicU64]>,
     /// Both swapped whole on reload (SIGHUP); a query uses what was current when it came in.
     forwarder: ArcSwapOption<Forwarder>,
     settings: ArcSwap<EngineSettings>,
     /// SOA serial: the start time, so it moves when a restart may have changed anything.
     serial: u32,
 }
+
+/// Slots of the negative answers' admission filter (8 bytes each): at 100,000 one-off names a
+/// second, a slot holds a fingerprint for about half a second on average.
+const SEEN_ONCE_BITS: u32 = 16;
 
 fn limit(q: &Query, transport: Transport) -> usize {
     match transport {
@@ -102,6 +112,7 @@ impl Engine {
             answers: DashMap::new(),
             order: Mutex::new(VecDeque::new()),
             evicted: AtomicU64::new(0),
+            seen_once: (0..1usize << SEEN_ONCE_BITS).map(|_| AtomicU64::new(0)).collect(),
             forwarder: ArcSwapOption::new(forwarder),
             settings: ArcSwap::from_pointee(settings),
             serial: (now_ms() / 1000) as u32,
@@ -462,6 +473,9 @@ impl Engine {
         if answer.cacheable && !case_sensitive {
             let mut key = [0u8; KEY_ROOM];
             let n = wire::key_into(q, &mut key);
+            if answer.rcode != RCODE_NOERROR && !self.seen_before(&key[..n]) {
+                return answer;
+            }
             let key: Box<[u8]> = Box::from(&key[..n]);
             let mut order = self.order.lock().unwrap_or_else(|p| p.into_inner());
             // An evicted answer is rebuilt from the namespace cache on its next query, without
@@ -476,5 +490,13 @@ impl Engine {
             self.answers.insert(key, answer.clone());
         }
         answer
+    }
+
+    /// Whether `key` was seen here recently (and notes it if not): see `seen_once`.
+    fn seen_before(&self, key: &[u8]) -> bool {
+        // Nonzero: a zeroed slot holds nothing. The slot comes from the high bits.
+        let fingerprint = self.answers.hasher().hash_one(key) | 1;
+        let slot = &self.seen_once[(fingerprint >> (64 - SEEN_ONCE_BITS)) as usize];
+        slot.swap(fingerprint, Ordering::Relaxed) == fingerprint
     }
 }
