@@ -6,11 +6,8 @@
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 
 use nix::libc;
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
 
 pub const BATCH: usize = 32;
 /// Larger queries are not DNS queries anyone sends; they are dropped (MSG_TRUNC).
@@ -66,36 +63,9 @@ fn to_socket_addr(a: &libc::sockaddr_storage) -> Option<SocketAddr> {
 }
 
 impl RecvBatch {
-    /// Waits until datagrams arrive and receives up to `BATCH` of them; their count.
-    pub async fn recv(&mut self, socket: &UdpSocket) -> io::Result<usize> {
-        loop {
-            socket.readable().await?;
-            // recvmmsg with MSG_DONTWAIT returns fewer datagrams than asked only when no more
-            // are queued. Such a batch is handed to tokio as WouldBlock, so that it clears the
-            // socket's readiness now instead of after one more, empty, recvmmsg: below
-            // saturation batches hold a datagram or two, so that call was one more system call
-            // per query or two. (A datagram arriving meanwhile raises readiness again.)
-            let mut drained = 0;
-            let r = socket.try_io(Interest::READABLE, || match self.try_recv(socket.as_raw_fd())? {
-                n if n < BATCH => {
-                    drained = n;
-                    Err(io::ErrorKind::WouldBlock.into())
-                }
-                n => Ok(n),
-            });
-            match r {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if drained > 0 {
-                        return Ok(drained);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    fn try_recv(&mut self, fd: i32) -> io::Result<usize> {
+    /// On a socket in blocking mode: waits for a datagram (up to the socket's read timeout)
+    /// and takes, up to `BATCH`, what else is queued.
+    pub fn recv_blocking(&mut self, fd: i32) -> io::Result<usize> {
         for i in 0..BATCH {
             self.iovs[i] =
                 libc::iovec { iov_base: self.bufs[i * MAX_QUERY..].as_mut_ptr().cast(), iov_len: MAX_QUERY };
@@ -111,7 +81,13 @@ impl RecvBatch {
         }
         // SAFETY: every header points at live buffers of the stated sizes, owned by `self`.
         let n = unsafe {
-            libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), BATCH as u32, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_WAITFORONE,
+                std::ptr::null_mut(),
+            )
         };
         if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
     }
@@ -158,26 +134,21 @@ impl SendBatch {
         self.len += 1;
     }
 
-    /// Sends what is gathered; what the socket cannot take at once is sent one by one, waiting.
-    pub async fn flush(&mut self, socket: &UdpSocket) {
+    /// Sends what is gathered on a socket in blocking mode (waiting while its buffer is full); a
+    /// datagram the kernel refuses is skipped.
+    pub fn flush_blocking(&mut self, fd: i32) {
         let mut sent = 0;
         while sent < self.len {
-            match socket.try_io(Interest::WRITABLE, || self.try_send(socket.as_raw_fd(), sent)) {
+            match self.send(fd, sent) {
                 Ok(n) if n > 0 => sent += n,
-                _ => {
-                    // Full send buffer or an error for this one datagram: send it on its own.
-                    let dest = self.dests[sent].as_socket();
-                    if let Some(dest) = dest {
-                        let _ = socket.send_to(&self.data[sent], dest).await;
-                    }
-                    sent += 1;
-                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                _ => sent += 1,
             }
         }
         self.len = 0;
     }
 
-    fn try_send(&mut self, fd: i32, from: usize) -> io::Result<usize> {
+    fn send(&mut self, fd: i32, from: usize) -> io::Result<usize> {
         let n = self.len - from;
         // SAFETY: all-zero is a valid value of these plain C structs.
         let mut iovs: [libc::iovec; BATCH] = unsafe { zeroed() };
@@ -192,7 +163,7 @@ impl SendBatch {
             hdrs[k].msg_hdr.msg_iovlen = 1;
         }
         // SAFETY: the headers point at live buffers and addresses owned by `self` and this frame.
-        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as u32, libc::MSG_DONTWAIT) };
+        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as u32, 0) };
         if r < 0 { Err(io::Error::last_os_error()) } else { Ok(r as usize) }
     }
 }
