@@ -2,7 +2,7 @@
 //! build the answer from the namespace cache (namespace zones), or hand the query to the
 //! forwarder (every other name, and unknown names of zones with `fallthrough`), encode.
 //!
-//! `answer_cached` is the hot path, run inline on the socket's task: it parses the header and
+//! `answer_cached` is the hot path, run inline on the socket's loop: it parses the header and
 //! question, probes the answer cache with the lower-cased name, type and class (then the
 //! forward cache), and copies the pre-encoded answer out with the query's ID and question.
 //! Everything else (`answer`) runs on its own task, may wait for the backend or an upstream, and

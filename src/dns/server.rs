@@ -69,7 +69,7 @@ pub struct Listeners {
 impl Listeners {
     /// Binds UDP and TCP on every address; the OS-chosen port of `:0` is shared by both. Each
     /// address gets `udp_workers` UDP sockets (0: one per CPU this process may use), bound with
-    /// SO_REUSEPORT so the kernel spreads clients over them and each is read by its own task:
+    /// SO_REUSEPORT so the kernel spreads clients over them and each is read by its own loop:
     /// throughput grows with cores, and no socket's receive queue is shared.
     pub async fn bind(addrs: &[SocketAddr], udp_workers: usize) -> std::io::Result<Listeners> {
         let workers = match udp_workers {
@@ -321,7 +321,7 @@ async fn serve_udp(
 
 /// Answers a cache miss. Many need nothing to wait for (a new name answered from the namespace
 /// cache, NXDOMAIN): those are answered at once, in the receiving loop, and their response is
-/// returned for the caller to send (in the batch, on the batched path), which spares a task and
+/// returned for the caller to send (in the batch, on the thread's path), which spares a task and
 /// a system call each. The rest (a backend or upstream call) go on on their own task.
 fn miss(
     packet: &[u8],

@@ -1,7 +1,7 @@
 //! Forwarding: names outside the namespace zones (and, for zones with `fallthrough`, names the
 //! namespace does not know) are resolved by the upstream resolvers and cached.
 //!
-//! A query enters through `cached` (the hot path, on the socket's task: a fresh or serving-stale
+//! A query enters through `cached` (the hot path, on the socket's loop: a fresh or serving-stale
 //! cache entry is written out, and a popular entry near its expiry is prefetched in the
 //! background) or `answer` (everything else). `answer` joins or starts the one flight for its key
 //! (concurrent misses share one upstream query), serves stale data per RFC 8767 when upstreams
