@@ -384,6 +384,14 @@ impl Cache {
         self.zones.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
+    /// The zone table if it is current, without waiting: `None` when a change made it outdated.
+    pub fn zones_now(&self) -> Option<Arc<ZoneTable>> {
+        if self.zones_wanted.is_outdated() {
+            return None;
+        }
+        Some(self.zones.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+
     /// Marks what a change touches as outdated, synchronously, before the write that made it is
     /// acknowledged: the next query that needs it refetches it first, so a client that registered
     /// an instance and then asks DNS sees it (read-your-writes). The change listener refetches in
@@ -619,6 +627,14 @@ impl Cache {
                 false
             }
         }
+    }
+
+    /// The namespace's service names if they are loaded and current, without waiting.
+    pub fn catalog_now(&self, ns: &NamespaceState) -> Option<Arc<Catalog>> {
+        if ns.catalog_wanted.is_outdated() {
+            return None;
+        }
+        ns.current_catalog()
     }
 
     /// The namespace's service names; loads them on first use.

@@ -548,3 +548,31 @@ async fn names_asked_once_are_not_cached_as_negative_answers() {
     assert_eq!(dns::srv(&ask(&server, "orders.demo", SRV)).len(), 2);
     assert_eq!(server.metric("cloudmap_dns_cache_lookups_total", &hit), hits + 2.0);
 }
+
+/// Read-your-writes through the answers that need no backend call: a name answered NXDOMAIN
+/// (cached as such) or REFUSED (outside every zone) answers as a service on the first query
+/// after the registration is acknowledged, with no retry.
+#[tokio::test]
+async fn names_that_were_negative_answer_at_once_after_a_registration() {
+    let server = Server::start(&[]);
+    let c = server.client();
+    let ns = common::http_namespace(&c, "ryw").await;
+    let addr = "10.9.0.1".parse::<Ipv4Addr>().unwrap();
+    for _ in 0..3 {
+        assert_eq!(rcode(&ask(&server, "late.ryw", A)), ResponseCode::NXDomain);
+    }
+    let svc = service(&c, &ns, "late", false).await;
+    // A service with no instances: NODATA, no longer NXDOMAIN.
+    let empty = ask(&server, "late.ryw", A);
+    assert_eq!((rcode(&empty), dns::a(&empty).len()), (ResponseCode::NoError, 0));
+    register(&c, &svc, "i-1", &[("AWS_INSTANCE_IPV4", "10.9.0.1")]).await;
+    assert_eq!(dns::a(&ask(&server, "late.ryw", A)), [addr]);
+
+    for _ in 0..3 {
+        assert_eq!(rcode(&ask(&server, "web.later-ns", A)), ResponseCode::Refused);
+    }
+    let ns2 = common::http_namespace(&c, "later-ns").await;
+    let svc2 = service(&c, &ns2, "web", false).await;
+    register(&c, &svc2, "i-1", &[("AWS_INSTANCE_IPV4", "10.9.0.1")]).await;
+    assert_eq!(dns::a(&ask(&server, "web.later-ns", A)), [addr]);
+}

@@ -98,6 +98,29 @@ fn text(label: &[u8]) -> String {
     String::from_utf8_lossy(label).into_owned()
 }
 
+/// Labels as text, joined with dots.
+fn dotted(labels: &[&[u8]]) -> String {
+    let mut out = String::with_capacity(labels.iter().map(|l| l.len() + 1).sum());
+    for (i, label) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        match std::str::from_utf8(label) {
+            Ok(t) => out.push_str(t),
+            Err(_) => out.push_str(&String::from_utf8_lossy(label)),
+        }
+    }
+    out
+}
+
+/// The length of a label as text (`dotted`).
+fn text_len(label: &[u8]) -> usize {
+    match std::str::from_utf8(label) {
+        Ok(t) => t.len(),
+        Err(_) => String::from_utf8_lossy(label).len(),
+    }
+}
+
 /// Reads the labels left of the zone (leftmost first; `lower` lower-cased, `original` as asked).
 pub fn parse(lower: &[&[u8]], original: &[&[u8]], catalog: &Catalog) -> Parsed {
     if lower.is_empty() {
@@ -112,13 +135,18 @@ pub fn parse(lower: &[&[u8]], original: &[&[u8]], catalog: &Catalog) -> Parsed {
     if lower.is_empty() {
         return Parsed::NoSuchName;
     }
-    let join = |labels: &[&[u8]]| labels.iter().map(|l| text(l)).collect::<Vec<_>>().join(".");
+    // Each candidate (the labels from `start` on) is a suffix of the whole dotted name: one
+    // string each, sliced, rather than a string per candidate (this runs for every new name).
+    // (Lower-casing changes only ASCII letters, so both texts have the same lengths.)
+    let (lower_dotted, original_dotted) = (dotted(lower), dotted(original));
+    let mut at = 0;
     let mut found = None;
     for start in 0..lower.len() {
-        if let Some((service, case)) = catalog.lookup(&join(&lower[start..]), &join(&original[start..])) {
+        if let Some((service, case)) = catalog.lookup(&lower_dotted[at..], &original_dotted[at..]) {
             found = Some((service, case, start, lower.len()));
             break;
         }
+        at += text_len(lower[start]) + 1;
     }
     if found.is_none() && lower.len() >= 2 {
         let (proto, svc) = (lower[lower.len() - 1], lower[lower.len() - 2]);
@@ -132,8 +160,7 @@ pub fn parse(lower: &[&[u8]], original: &[&[u8]], catalog: &Catalog) -> Parsed {
     let Some((service, case_sensitive, start, _)) = found else {
         // No service: an empty non-terminal if some name exists below it (RFC 8020).
         if reserved.is_none() {
-            let name = join(lower);
-            if catalog.suffixes.contains(&name) {
+            if catalog.suffixes.contains(lower_dotted.as_str()) {
                 return Parsed::EmptyNonTerminal;
             }
             if lower.len() == 1 && (lower[0] == b"_tcp" || lower[0] == b"_udp") && !catalog.is_empty() {
@@ -525,6 +552,21 @@ mod tests {
         );
         assert_eq!(parse_name("_cloudmap.i-1.orders", &c), Parsed::NoSuchName);
         assert_eq!(parse_name("_cloudmap", &c), Parsed::NoSuchName);
+    }
+
+    #[test]
+    fn labels_that_are_not_utf8_keep_the_service_they_precede() {
+        // Each candidate service name is a slice of one dotted text; a label that is not UTF-8
+        // reads as U+FFFD (three bytes for one), and the slice must still start at a label.
+        let c = Catalog::new(["a.b".to_string(), "b".into()]);
+        let (bad, upper) = (b"\xff\xfex".as_slice(), b"\xff\xfeX".as_slice());
+        let parsed = parse(&[bad, b"a", b"b"], &[upper, b"A", b"b"], &c);
+        assert_eq!(parsed, svc("a.b", Rest::Instance("\u{fffd}\u{fffd}x".into())));
+        assert_eq!(
+            parse(&[bad, b"b"], &[upper, b"b"], &c),
+            svc("b", Rest::Instance("\u{fffd}\u{fffd}x".into()))
+        );
+        assert_eq!(parse(&[bad, b"c"], &[upper, b"c"], &c), Parsed::NoSuchName);
     }
 
     #[test]
