@@ -54,51 +54,17 @@ fn a_taken_port_is_refused_not_shared() {
     assert_eq!(udp_sockets_on(addr.port()), 2, "the first server's group is unchanged");
 }
 
-/// The threads of a process, as (name, /proc/…/sched text).
-#[cfg(target_os = "linux")]
-fn threads(pid: u32) -> Vec<(String, String)> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| {
-            let dir = t.ok()?.path();
-            let name = std::fs::read_to_string(dir.join("comm")).ok()?.trim().to_string();
-            Some((name, std::fs::read_to_string(dir.join("sched")).unwrap_or_default()))
-        })
-        .collect()
-}
-
-/// Each UDP socket bound to an address is read by a thread of its own (`dns-udp`), which asks the
-/// kernel for a short time slice (0.1 ms) where the kernel has them (EEVDF, Linux 6.12+), so a
-/// datagram's arrival preempts a runtime worker mid-slice; the runtime's threads keep the default.
+/// Each UDP socket bound to an address is read by a thread of its own, named `dns-udp`.
 #[cfg(target_os = "linux")]
 #[test]
-fn each_udp_socket_has_a_thread_with_a_short_time_slice() {
+fn each_udp_socket_has_a_thread_of_its_own() {
     let (server, _dir) = start_with_workers(2);
     // Answered: the listeners' threads are running.
     assert_eq!(a(&parse(&udp(server.dns, &query("orders.demo", A)))).len(), 2);
-    let threads = threads(server.child.id());
-    let udp: Vec<&String> = threads.iter().filter(|(name, _)| name == "dns-udp").map(|(_, s)| s).collect();
-    assert_eq!(
-        udp.len(),
-        2,
-        "a thread per worker socket: {:?}",
-        threads.iter().map(|t| &t.0).collect::<Vec<_>>()
-    );
-    let slice = |sched: &str| -> Option<u64> {
-        let line = sched.lines().find(|l| l.starts_with("se.slice"))?;
-        line.split(':').nth(1)?.trim().parse().ok()
-    };
-    if slice(udp[0]).is_none() {
-        eprintln!("this kernel does not show se.slice: the slice is not checked");
-        return;
-    }
-    for s in &udp {
-        assert_eq!(slice(s), Some(100_000), "the UDP thread's slice, ns");
-    }
-    let others: Vec<u64> =
-        threads.iter().filter(|(n, _)| n != "dns-udp").filter_map(|(_, s)| slice(s)).collect();
-    assert!(
-        !others.is_empty() && others.iter().all(|&s| s > 100_000),
-        "other threads, those the UDP threads started among them, keep the default: {others:?}"
-    );
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    assert_eq!(names.iter().filter(|n| *n == "dns-udp").count(), 2, "a thread per worker socket: {names:?}");
 }

@@ -277,36 +277,6 @@ pub fn spawn(
     Serving { stop, tasks, inflight }
 }
 
-/// Asks the kernel (Linux 6.12+, EEVDF) for a short time slice for the calling thread: at equal
-/// priority it still gets a fair share of the core, no more, but when it wakes (a datagram) it
-/// preempts a runtime worker in the middle of its slice instead of waiting it out. Older kernels
-/// refuse or ignore it; nothing else changes then.
-#[cfg(target_os = "linux")]
-fn short_slice() {
-    use nix::libc;
-    let attr = libc::sched_attr {
-        size: std::mem::size_of::<libc::sched_attr>() as u32,
-        sched_policy: libc::SCHED_OTHER as u32,
-        // Threads it starts (the runtime may grow its blocking pool from here) get the default.
-        sched_flags: libc::SCHED_FLAG_RESET_ON_FORK as u64,
-        sched_nice: 0,
-        sched_priority: 0,
-        sched_runtime: UDP_THREAD_SLICE.as_nanos() as u64,
-        sched_deadline: 0,
-        sched_period: 0,
-    };
-    // SAFETY: the kernel reads `size` bytes of `attr`, which lives across the call; tid 0 is
-    // the calling thread.
-    let r = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const libc::sched_attr, 0u32) };
-    if r != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "no short time slice for the UDP thread");
-    }
-}
-
-/// The UDP threads' slice (the kernel's default is a few milliseconds; 0.1 ms is its minimum).
-#[cfg(target_os = "linux")]
-const UDP_THREAD_SLICE: Duration = Duration::from_micros(100);
-
 async fn serve_udp(
     (socket, mut stopped, inflight): (Arc<UdpSocket>, watch::Receiver<bool>, Arc<InFlight>),
     engine: Arc<Engine>,
@@ -448,7 +418,6 @@ fn serve_udp_thread(
         tracing::error!(error = %e, "cannot set up the UDP socket for its thread");
         return;
     }
-    short_slice();
     let fd = socket.as_raw_fd();
     let sink = Sink::Thread(socket.clone());
     let mut received = RecvBatch::default();
