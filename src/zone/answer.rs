@@ -142,7 +142,11 @@ pub fn parse(lower: &[&[u8]], original: &[&[u8]], catalog: &Catalog) -> Parsed {
     let mut at = 0;
     let mut found = None;
     for start in 0..lower.len() {
-        if let Some((service, case)) = catalog.lookup(&lower_dotted[at..], &original_dotted[at..]) {
+        let (Some(lower_name), Some(original_name)) = (lower_dotted.get(at..), original_dotted.get(at..))
+        else {
+            break;
+        };
+        if let Some((service, case)) = catalog.lookup(lower_name, original_name) {
             found = Some((service, case, start, lower.len()));
             break;
         }
