@@ -4,9 +4,10 @@
 //!
 //! `answer_cached` is the hot path, run inline on the socket's loop: it parses the header and
 //! question, probes the answer cache with the lower-cased name, type and class (then the
-//! forward cache), and copies the pre-encoded answer out with the query's ID and question.
-//! Everything else (`answer`) runs on its own task, may wait for the backend or an upstream, and
-//! stores what it built for the next query.
+//! forward cache), and copies the pre-encoded answer out with the query's ID and question; a
+//! name the zone table and the catalog settle alone (NXDOMAIN, NODATA, the apex) is built there
+//! too. Everything else (`answer_miss`) runs on its own task, may wait for the backend or an
+//! upstream, and stores what it built for the next query.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
