@@ -330,9 +330,9 @@ async fn serve_udp(
 }
 
 /// Answers a cache miss. Some need nothing to wait for (a service's answer rebuilt from the
-/// namespace cache after a change): those are answered at once, in the receiving loop, and their response is
-/// returned for the caller to send (in the batch, on the thread's path), which spares a task and
-/// a system call each. The rest (a backend or upstream call) go on on their own task.
+/// namespace cache after a change): those are answered at once, in the receiving loop, and their
+/// response is returned for the caller to send (in the batch, on the thread's path), which spares
+/// a task and a system call each. The rest (a backend or upstream call) go on on their own task.
 fn miss(
     packet: &[u8],
     peer: SocketAddr,
