@@ -279,6 +279,7 @@ async fn freshness_under_load(
     .join()
     .unwrap();
     let rate = sat.qps() / 2.0;
+    let server_drops_before = udp_load::socket_drops(server.port());
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let load = std::thread::spawn(move || {
@@ -315,15 +316,18 @@ async fn freshness_under_load(
     }
     stop.store(true, Ordering::Relaxed);
     let load = load.join().unwrap().expect("load ran");
+    let server_drops = udp_load::socket_drops(server.port()).saturating_sub(server_drops_before);
     let calls = backend_calls(metrics).since(&calls_before);
     got.sort();
     let pct = |p: f64| got[((got.len() as f64 * p).ceil() as usize).clamp(1, got.len()) - 1];
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     println!(
-        "| {what} | {:.0} of {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
+        "| {what} | {:.0} of {:.0} | {} ({} at the server, {} at the generator) | {} | {:.2} | {:.2} | {:.2} | {:.0} | {} |",
         rate,
         sat.qps(),
         load.lost(),
+        server_drops,
+        load.client_drops,
         samples,
         ms(pct(0.5)),
         ms(pct(0.99)),

@@ -31,6 +31,9 @@ pub struct Report {
     pub bad: u64,
     /// NXDOMAIN answers: right for the miss workloads (names never registered), wrong for others.
     pub nxdomain: u64,
+    /// Answers the kernel dropped at the generator's own sockets (receive buffer full): lost
+    /// queries that are the generator's fault, not the server's.
+    pub client_drops: u64,
     hist: Vec<u64>,
 }
 
@@ -67,6 +70,7 @@ impl Report {
         self.received += other.received;
         self.bad += other.bad;
         self.nxdomain += other.nxdomain;
+        self.client_drops += other.client_drops;
         for (a, b) in self.hist.iter_mut().zip(other.hist) {
             *a += b;
         }
@@ -75,11 +79,12 @@ impl Report {
 
     pub fn line(&self) -> String {
         format!(
-            "qps {:.0} sent {} received {} lost {} bad {} nxdomain {} p50_ms {:.3} p90_ms {:.3} p99_ms {:.3} p999_ms {:.3}",
+            "qps {:.0} sent {} received {} lost {} client_drops {} bad {} nxdomain {} p50_ms {:.3} p90_ms {:.3} p99_ms {:.3} p999_ms {:.3}",
             self.qps(),
             self.sent,
             self.received,
             self.lost(),
+            self.client_drops,
             self.bad,
             self.nxdomain,
             self.percentile_ms(0.50),
@@ -220,6 +225,11 @@ pub fn run(server: SocketAddr, queries: &[Vec<u8>], pace: Pace, duration: Durati
             s
         })
         .collect();
+    let drops_before: std::collections::HashMap<u16, u64> = sockets
+        .iter()
+        .filter_map(|s| s.local_addr().ok())
+        .map(|a| (a.port(), socket_drops(a.port())))
+        .collect();
     // Send time (ns since start, +1; 0 = nothing outstanding) per socket and id.
     let mut sent_at = vec![vec![0u64; 65536]; SOCKETS];
     let mut next_id = [0u16; SOCKETS];
@@ -344,5 +354,30 @@ pub fn run(server: SocketAddr, queries: &[Vec<u8>], pace: Pace, duration: Durati
             }
         }
     }
-    Report { seconds: duration.as_secs_f64(), sent, received, bad, nxdomain, hist }
+    let client_drops = sockets
+        .iter()
+        .filter_map(|s| s.local_addr().ok())
+        .map(|a| socket_drops(a.port()).saturating_sub(drops_before.get(&a.port()).copied().unwrap_or(0)))
+        .sum();
+    Report { seconds: duration.as_secs_f64(), sent, received, bad, nxdomain, client_drops, hist }
+}
+
+/// Datagrams the kernel dropped at the UDP sockets bound to local `port` (its receive buffer was
+/// full), summed over IPv4 and IPv6: the last column of /proc/net/udp. 0 where there is no
+/// /proc.
+pub fn socket_drops(port: u16) -> u64 {
+    let suffix = format!(":{port:04X}");
+    ["/proc/net/udp", "/proc/net/udp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|text| {
+            text.lines()
+                .skip(1)
+                .filter_map(|l| {
+                    let fields: Vec<&str> = l.split_whitespace().collect();
+                    (fields.get(1)?.ends_with(&suffix)).then(|| fields.last()?.parse::<u64>().ok())?
+                })
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
