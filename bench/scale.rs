@@ -16,7 +16,8 @@
 //!
 //! The server under test is pinned to CPU 0 and the load generator to CPU 1 where there are two.
 //! Env: SCALE_RATE_LIMIT (calls/s, default 500), SCALE_WINDOW_S (steady-state window, 30),
-//! FRESH_SAMPLES (embedded, 200), FRESH_AWS_SAMPLES (60).
+//! FRESH_SAMPLES (embedded, 200), FRESH_AWS_SAMPLES (60), FRESH_LOAD_QPS (a fixed load instead of
+//! half of the measured saturation).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -278,7 +279,8 @@ async fn freshness_under_load(
     })
     .join()
     .unwrap();
-    let rate = sat.qps() / 2.0;
+    // FRESH_LOAD_QPS fixes the load, to compare builds at one rate when saturation readings differ.
+    let rate = env_or("FRESH_LOAD_QPS", sat.qps() / 2.0);
     let server_drops_before = udp_load::socket_drops(server.port());
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
