@@ -370,14 +370,14 @@ pub fn socket_drops(port: u16) -> u64 {
     ["/proc/net/udp", "/proc/net/udp6"]
         .iter()
         .filter_map(|f| std::fs::read_to_string(f).ok())
-        .flat_map(|text| {
+        .map(|text| {
             text.lines()
                 .skip(1)
                 .filter_map(|l| {
                     let fields: Vec<&str> = l.split_whitespace().collect();
-                    (fields.get(1)?.ends_with(&suffix)).then(|| fields.last()?.parse::<u64>().ok())?
+                    fields.get(1)?.ends_with(&suffix).then(|| fields.last()?.parse::<u64>().ok())?
                 })
-                .collect::<Vec<_>>()
+                .sum::<u64>()
         })
         .sum()
 }

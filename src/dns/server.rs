@@ -115,7 +115,7 @@ const UDP_RECV_BUFFER: usize = 4 << 20;
 /// Send buffer: answers leave in `sendmmsg` batches as fast as they are made.
 const UDP_SEND_BUFFER: usize = 1 << 20;
 
-/// The default receive buffer (rmem_default, 208 KiB on Linux) holds ~500 queries: a few
+/// The default receive buffer (rmem_default, 208 KiB on Linux) holds ~250 queries: a few
 /// milliseconds at 100k q/s, so one scheduling hiccup drops queries even at half load; 1 MiB
 /// still lost queries to stalls of tens of milliseconds on a shared core. Forced past rmem_max
 /// where we have CAP_NET_ADMIN, else up to rmem_max. Failing leaves the default, which works.
