@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# CPU per Cloud Map call of the aws backend's refresh, with no DNS load: a cloudmap-dns registry
+# (CPU 1) holds the harness's demo zone (1,100 services); an aws-backend cloudmap-dns (CPU 0,
+# refresh_ms 1000) is asked for every service once, so all are active; then its process CPU over
+# 10 s is divided by the calls its `backend_requests_total` counted.
+#
+#   cargo build --release --bin cloudmap-dns --example load-zone --example loadgen
+#   bench/refresh-cpu.sh [BINARY]
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PEERS=${BENCH_PEERS:-$ROOT/../shared/bench-peers}
+BIN=${1:-$ROOT/target/release/cloudmap-dns}
+REG_API=${REG_API:-5597} REG_DNS=${REG_DNS:-5598} AWS_DNS=${AWS_DNS:-5595} AWS_METRICS=${AWS_METRICS:-5596}
+W=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
+    sleep 0.5
+    rm -rf "$W"
+}
+trap cleanup EXIT
+bash "$PEERS/gen-data.sh" "$W/gen" >/dev/null
+printf '[dns]\nudp_workers = 1\n[registry.quotas]\ninstances_per_namespace = 100000\n' >"$W/reg.toml"
+setsid taskset -c 1 "$BIN" serve --config "$W/reg.toml" --data-dir "$W/reg" --metrics-listen 127.0.0.1:0 \
+    --api-listen "127.0.0.1:$REG_API" --dns-listen "127.0.0.1:$REG_DNS" --log-level info >"$W/reg.log" 2>&1 &
+PIDS+=($!)
+for _ in $(seq 100); do grep -q "listening for Cloud Map API" "$W/reg.log" && break; sleep 0.1; done
+"$ROOT/target/release/examples/load-zone" --endpoint "http://127.0.0.1:$REG_API" zone demo "$W/gen/demo.zone" >/dev/null
+printf '[dns]\nudp_workers = 1\n[backend]\nkind = "aws"\nendpoint_url = "http://127.0.0.1:%s"\nrefresh_ms = 1000\nrate_limit = 2500\n[[dns.zones]]\nzone = "demo"\nnamespace = "demo"\n' \
+    "$REG_API" >"$W/aws.toml"
+AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true \
+    TOKIO_WORKER_THREADS=1 setsid taskset -c 0 "$BIN" serve --config "$W/aws.toml" --data-dir "$W/aws" \
+    --metrics-listen "127.0.0.1:$AWS_METRICS" --api-listen 127.0.0.1:0 --dns-listen "127.0.0.1:$AWS_DNS" >"$W/aws.log" 2>&1 &
+PIDS+=($!)
+sleep 1
+for _ in 1 2 3; do
+    "$ROOT/target/release/examples/loadgen" "127.0.0.1:$AWS_DNS" "$W/gen/q-demo-a.txt" 2 2000 1 >/dev/null
+done
+pid=$(ss -lunpH "sport = :$AWS_DNS" | grep -o "pid=[0-9]*" | head -1 | cut -d= -f2)
+calls() { curl -s "127.0.0.1:$AWS_METRICS/metrics" | awk '/^cloudmap_dns_backend_requests_total/ { s += $NF } END { printf "%d", s }'; }
+cpu() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
+sleep 3
+c0=$(calls) t0=$(cpu)
+sleep 10
+c1=$(calls) t1=$(cpu)
+awk -v c=$((c1 - c0)) -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
+    'BEGIN { printf "calls/s %.0f  CPU per call %.0f us\n", c / 10, (c ? t * 1e6 / hz / c : 0) }'
