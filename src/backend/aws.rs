@@ -78,13 +78,9 @@ impl Aws {
             .operation_timeout(settings.call_timeout)
             .connect_timeout(settings.call_timeout)
             .build();
-        // Stalled-stream protection watches each body's throughput with timers, a sixth of a
-        // refresh call's CPU (`perf`, 235 -> 196 us per call); the operation timeout already
-        // bounds every call whole.
         let base = sd::config::Builder::from(&shared)
             .retry_config(aws_config::retry::RetryConfig::disabled())
-            .timeout_config(timeouts)
-            .stalled_stream_protection(sd::config::StalledStreamProtectionConfig::disabled());
+            .timeout_config(timeouts);
         let mut control = base.clone();
         if let Some(url) = &settings.endpoint_url {
             control = control.endpoint_url(url);
@@ -379,26 +375,6 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Stalled-stream protection was a sixth of a refresh call's CPU (its throughput timers);
-    /// without it, the operation timeout must still bound every call.
-    #[tokio::test]
-    async fn calls_run_without_stalled_stream_protection_but_within_a_timeout() {
-        let settings = AwsSettings {
-            region: Some("us-east-1".into()),
-            endpoint_url: Some("http://127.0.0.1:9".into()),
-            data_endpoint_url: None,
-            rate_limit: 10.0,
-            call_timeout: Duration::from_millis(1500),
-        };
-        let aws = Aws::new(&settings).await;
-        for client in [&aws.control, &aws.data] {
-            let conf = client.config();
-            assert!(conf.stalled_stream_protection().is_some_and(|s| !s.is_enabled()));
-            let timeout = conf.timeout_config().and_then(|t| t.operation_timeout());
-            assert_eq!(timeout, Some(Duration::from_millis(1500)));
-        }
-    }
 
     #[tokio::test(start_paused = true)]
     async fn budget_spaces_calls_and_backs_off() {
