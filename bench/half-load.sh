@@ -36,25 +36,13 @@ UP_PORT=${UP_PORT:-5395}
 for t in nsd unbound dig taskset setsid; do command -v $t >/dev/null || { echo "missing $t" >&2; exit 1; }; done
 [ -x "$LOADGEN" ] || { echo "build first: cargo build --release --bin cloudmap-dns --example load-zone --example loadgen" >&2; exit 1; }
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done
-    sleep 0.5
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
+# shellcheck source=bench/procs.sh
+. "$ROOT/bench/procs.sh"
 GEN=$WORK/gen
 bash "$PEERS/gen-data.sh" "$GEN" >/dev/null
 
 conf() { # template run-dir port
     sed -e "s|@PORT@|$3|g" -e "s|@RUN@|$2|g" -e "s|@GEN@|$GEN|g" -e "s|@UPSTREAM_PORT@|$UP_PORT|g" "$PEERS/conf/$1"
-}
-launch() { # dir cpu command...
-    local dir=$1 cpu=$2
-    shift 2
-    setsid taskset -c "$cpu" "$@" >"$dir/out" 2>&1 &
-    PIDS+=($!)
 }
 mkdir -p "$WORK"/{nsd,up,ub,cm,cmf}
 conf nsd.conf.in "$WORK/nsd" "$NSD_PORT" >"$WORK/nsd/nsd.conf"

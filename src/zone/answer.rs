@@ -105,20 +105,15 @@ fn dotted(labels: &[&[u8]]) -> String {
         if i > 0 {
             out.push('.');
         }
-        match std::str::from_utf8(label) {
-            Ok(t) => out.push_str(t),
-            Err(_) => out.push_str(&String::from_utf8_lossy(label)),
-        }
+        // Borrowed, not copied, when the label is UTF-8.
+        out.push_str(&String::from_utf8_lossy(label));
     }
     out
 }
 
 /// The length of a label as text (`dotted`).
 fn text_len(label: &[u8]) -> usize {
-    match std::str::from_utf8(label) {
-        Ok(t) => t.len(),
-        Err(_) => String::from_utf8_lossy(label).len(),
-    }
+    String::from_utf8_lossy(label).len()
 }
 
 /// Reads the labels left of the zone (leftmost first; `lower` lower-cased, `original` as asked).
