@@ -167,14 +167,18 @@ async fn timed<T>(
 ) -> Result<T, BackendError> {
     let started = Instant::now();
     let result = call.await;
-    let outcome = match &result {
+    count_call(operation, &result, started);
+    result
+}
+
+fn count_call<T>(operation: &str, result: &Result<T, BackendError>, started: Instant) {
+    let outcome = match result {
         Ok(_) => "ok",
         Err(BackendError::NotFound(_)) => "not_found",
         Err(BackendError::Throttled(_)) => "throttled",
         Err(_) => "error",
     };
     crate::metrics::get().backend(operation, outcome, started.elapsed());
-    result
 }
 
 /// The least time between two snapshot writes; longer when writing takes long.
@@ -427,6 +431,24 @@ impl Cache {
         }
     }
 
+    /// Reads the services of instance changes again on the writer's thread, before the write is
+    /// acknowledged, where the backend can (embedded): an answer without a deregistered instance
+    /// is ready when DeregisterInstance returns, not after the change listener's turn on a busy
+    /// core. A service whose fetch is under way is left to the listener (its data is outdated).
+    fn refetch_now(&self, change: &Change) {
+        let Change::Instances { namespace, service } = change else { return };
+        for ns in self.states_for(namespace) {
+            let Some(slot) = ns.services.get(service).map(|s| s.clone()) else { continue };
+            let Ok(_guard) = slot.load.try_lock() else { continue };
+            let seen = slot.wanted.begin();
+            let started = Instant::now();
+            let Some(result) = self.backend.discover_now(&ns.ns, service) else { return };
+            count_call("DiscoverInstances", &result, started);
+            let _ = self.record(&slot, result);
+            slot.wanted.done(seen);
+        }
+    }
+
     /// Takes a reloaded config (SIGHUP). Returns whether the zones changed: answers in them are
     /// then rebuilt from the cached data, without backend calls; nothing cached is dropped.
     pub async fn reconfigure(&self, settings: CacheSettings, zone_source: ZoneSource) -> bool {
@@ -472,6 +494,7 @@ impl Cache {
         self.backend.observe(Box::new(move |change| {
             if let Some(cache) = weak.upgrade() {
                 cache.invalidate(change);
+                cache.refetch_now(change);
             }
         }));
         if let Some(mut rx) = self.backend.changes() {
@@ -583,7 +606,10 @@ impl Cache {
             Change::Instances { namespace, service } => {
                 for ns in self.states_for(&namespace) {
                     let slot = ns.services.get(&service).map(|s| s.clone());
-                    if let Some(slot) = slot {
+                    // Most are current already: `refetch_now` read them before the write returned.
+                    if let Some(slot) = slot
+                        && slot.wanted.is_outdated()
+                    {
                         self.fetch(&ns, &slot, Urgency::Background).await;
                     }
                 }
@@ -709,6 +735,15 @@ impl Cache {
         urgency: Urgency,
     ) -> Result<(), BackendError> {
         let result = timed("DiscoverInstances", self.backend.discover(&ns.ns, &slot.name, urgency)).await;
+        self.record(slot, result)
+    }
+
+    /// Records what a fetch found, failures included (the slot turns stale or not-found).
+    fn record(
+        &self,
+        slot: &ServiceSlot,
+        result: Result<Discovered, BackendError>,
+    ) -> Result<(), BackendError> {
         slot.attempted();
         match result {
             Ok(d) => {
@@ -964,4 +999,90 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
         std::fs::File::open(dir)?.sync_all()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::embedded::Embedded;
+    use crate::registry::shapes::{
+        Attributes, CreateNamespaceRequest, CreateServiceRequest, InstanceRequest, RegisterInstanceRequest,
+    };
+    use crate::registry::{NamespaceKind, Registry, RegistrySettings};
+
+    fn register(r: &Registry, service_id: &str, id: &str, ip: &str) {
+        let attributes = Attributes::from([("AWS_INSTANCE_IPV4".to_string(), ip.to_string())]);
+        r.register_instance(RegisterInstanceRequest {
+            service_id: Some(service_id.into()),
+            instance_id: Some(id.into()),
+            attributes: Some(attributes),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+
+    fn ids(slot: &Arc<ServiceSlot>) -> Vec<String> {
+        match slot.lookup() {
+            Some(Lookup::Found { view, .. }) => view.instances.iter().map(|i| i.id.to_string()).collect(),
+            _ => panic!("the service is cached"),
+        }
+    }
+
+    // A current-thread runtime: the change listener cannot run between a write and the checks,
+    // so what they see was done before the write returned.
+    #[tokio::test]
+    async fn an_instance_write_is_cached_when_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(dir.path(), RegistrySettings::default()).unwrap();
+        r.create_namespace(
+            NamespaceKind::Http,
+            CreateNamespaceRequest { name: Some("ns".into()), ..Default::default() },
+        )
+        .unwrap();
+        let ns_id = r.list_namespaces(Default::default()).unwrap()["Namespaces"][0]["Id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let created = r
+            .create_service(CreateServiceRequest {
+                name: Some("s".into()),
+                namespace_id: Some(ns_id),
+                ..Default::default()
+            })
+            .unwrap();
+        let svc = created["Service"]["Id"].as_str().unwrap().to_string();
+        register(&r, &svc, "a", "10.0.0.1");
+
+        let settings = CacheSettings {
+            refresh: Duration::from_secs(5),
+            health_refresh: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(600),
+            max_stale: Duration::from_secs(3600),
+            catalog_refresh: Duration::from_secs(60),
+            rate_limit: 100.0,
+            snapshot: None,
+        };
+        let cache = Cache::new(
+            Arc::new(Embedded::new(r.clone())),
+            settings,
+            ZoneSource { explicit: Vec::new(), automatic: None },
+        );
+        cache.start().await;
+        let ns = cache.namespace(&NamespaceRef { http_name: "ns".into(), owner_account: None });
+        assert!(matches!(cache.service(&ns, "s").await, Lookup::Found { .. }));
+        let slot = ns.slot("s");
+        assert_eq!(ids(&slot), ["a"]);
+
+        register(&r, &svc, "b", "10.0.0.2");
+        assert!(!slot.wanted.is_outdated(), "read again before RegisterInstance returned");
+        assert_eq!(ids(&slot), ["a", "b"]);
+
+        r.deregister_instance(InstanceRequest {
+            service_id: Some(svc.clone()),
+            instance_id: Some("a".into()),
+        })
+        .unwrap();
+        assert!(!slot.wanted.is_outdated(), "read again before DeregisterInstance returned");
+        assert_eq!(ids(&slot), ["b"]);
+    }
 }

@@ -1,5 +1,6 @@
-//! The embedded registry as a backend: in-process calls on the blocking pool, and the registry's
-//! change stream, so the DNS cache refetches a service the moment a write to it commits.
+//! The embedded registry as a backend: in-process calls on the blocking pool, the registry's
+//! change stream, and reads on the writer's own thread, so the DNS cache refetches a service
+//! before a write to it is acknowledged.
 
 use crate::registry::{Registry, RegistryError};
 
@@ -51,28 +52,11 @@ impl Backend for Embedded {
         _: Urgency,
     ) -> Result<Discovered, BackendError> {
         let (namespace, service) = (ns.http_name.clone(), service.to_string());
-        let (out, grpc_config) = self
-            .registry
-            .call(move |r| {
-                let out = r.instances_of(&namespace, &service)?;
-                let grpc = r.service_attribute(&namespace, &service, super::GRPC_CONFIG_ATTRIBUTE)?;
-                Ok((out, grpc))
-            })
-            .await
-            .map_err(map_err)?;
-        Ok(Discovered {
-            grpc_config,
-            revision: out.revision,
-            instances: out
-                .instances
-                .into_iter()
-                .map(|i| DiscoveredInstance {
-                    id: i.instance_id.into(),
-                    health: Health::parse(&i.health_status),
-                    attributes: std::sync::Arc::new(i.attributes.into()),
-                })
-                .collect(),
-        })
+        self.registry.call(move |r| read_discovered(r, &namespace, &service)).await.map_err(map_err)
+    }
+
+    fn discover_now(&self, ns: &NamespaceRef, service: &str) -> Option<Result<Discovered, BackendError>> {
+        Some(read_discovered(&self.registry, &ns.http_name, service).map_err(map_err))
     }
 
     async fn revision(
@@ -92,4 +76,22 @@ impl Backend for Embedded {
         self.registry.observe(observer);
         true
     }
+}
+
+fn read_discovered(r: &Registry, namespace: &str, service: &str) -> Result<Discovered, RegistryError> {
+    let out = r.instances_of(namespace, service)?;
+    let grpc_config = r.service_attribute(namespace, service, super::GRPC_CONFIG_ATTRIBUTE)?;
+    Ok(Discovered {
+        grpc_config,
+        revision: out.revision,
+        instances: out
+            .instances
+            .into_iter()
+            .map(|i| DiscoveredInstance {
+                id: i.instance_id.into(),
+                health: Health::parse(&i.health_status),
+                attributes: std::sync::Arc::new(i.attributes.into()),
+            })
+            .collect(),
+    })
 }

@@ -112,6 +112,12 @@ pub trait Backend: Send + Sync + 'static {
         urgency: Urgency,
     ) -> Result<Discovered, BackendError>;
 
+    /// All instances of a service, read on the caller's thread at once, for backends that can
+    /// (the embedded one reads its own store); `None` means only `discover` can.
+    fn discover_now(&self, _ns: &NamespaceRef, _service: &str) -> Option<Result<Discovered, BackendError>> {
+        None
+    }
+
     /// The service's InstancesRevision (DiscoverInstancesRevision).
     async fn revision(&self, ns: &NamespaceRef, service: &str, urgency: Urgency)
     -> Result<i64, BackendError>;

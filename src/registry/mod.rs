@@ -184,7 +184,8 @@ impl Registry {
     }
 
     /// Registers a synchronous observer of committed changes. It runs on the writer's thread
-    /// before the write returns, so it must be quick and must not call the registry.
+    /// before the write returns, with the store unlocked: it may read the registry, must not
+    /// write to it, and must be quick.
     pub fn observe(&self, observer: Observer) {
         self.inner.observers.write().unwrap_or_else(|p| p.into_inner()).push(observer);
     }
