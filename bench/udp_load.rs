@@ -34,6 +34,9 @@ pub struct Report {
     /// Answers the kernel dropped at the generator's own sockets (receive buffer full): lost
     /// queries that are the generator's fault, not the server's.
     pub client_drops: u64,
+    /// The most queries that were due at once but not yet sent (paced runs): a generator that
+    /// fell behind sends them back to back, a burst above the nominal rate.
+    pub max_owed: u64,
     hist: Vec<u64>,
 }
 
@@ -71,6 +74,7 @@ impl Report {
         self.bad += other.bad;
         self.nxdomain += other.nxdomain;
         self.client_drops += other.client_drops;
+        self.max_owed = self.max_owed.max(other.max_owed);
         for (a, b) in self.hist.iter_mut().zip(other.hist) {
             *a += b;
         }
@@ -79,12 +83,13 @@ impl Report {
 
     pub fn line(&self) -> String {
         format!(
-            "qps {:.0} sent {} received {} lost {} client_drops {} bad {} nxdomain {} p50_ms {:.3} p90_ms {:.3} p99_ms {:.3} p999_ms {:.3}",
+            "qps {:.0} sent {} received {} lost {} client_drops {} max_owed {} bad {} nxdomain {} p50_ms {:.3} p90_ms {:.3} p99_ms {:.3} p999_ms {:.3}",
             self.qps(),
             self.sent,
             self.received,
             self.lost(),
             self.client_drops,
+            self.max_owed,
             self.bad,
             self.nxdomain,
             self.percentile_ms(0.50),
@@ -235,6 +240,7 @@ pub fn run(server: SocketAddr, queries: &[Vec<u8>], pace: Pace, duration: Durati
     let mut next_id = [0u16; SOCKETS];
     let mut hist = vec![0u64; MAX_US + 1];
     let (mut sent, mut received, mut bad, mut nxdomain, mut forgiven) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut max_owed = 0u64;
     let mut next_query = 0usize;
     let mut turn = 0usize;
     let mut out = Batch::new();
@@ -252,7 +258,11 @@ pub fn run(server: SocketAddr, queries: &[Vec<u8>], pace: Pace, duration: Durati
         let mut worked = false;
         if sending {
             let due = match pace {
-                Pace::Rate(r) => (((now - start).as_secs_f64() * r) as u64).saturating_sub(sent),
+                Pace::Rate(r) => {
+                    let owed = (((now - start).as_secs_f64() * r) as u64).saturating_sub(sent);
+                    max_owed = max_owed.max(owed);
+                    owed
+                }
                 Pace::Window(w) => (w as u64).saturating_sub(sent.saturating_sub(received + forgiven)),
             };
             let n = (due as usize).min(BATCH);
@@ -359,7 +369,7 @@ pub fn run(server: SocketAddr, queries: &[Vec<u8>], pace: Pace, duration: Durati
         .filter_map(|s| s.local_addr().ok())
         .map(|a| socket_drops(a.port()).saturating_sub(drops_before.get(&a.port()).copied().unwrap_or(0)))
         .sum();
-    Report { seconds: duration.as_secs_f64(), sent, received, bad, nxdomain, client_drops, hist }
+    Report { seconds: duration.as_secs_f64(), sent, received, bad, nxdomain, client_drops, max_owed, hist }
 }
 
 /// Datagrams the kernel dropped at the UDP sockets bound to local `port` (its receive buffer was
@@ -380,4 +390,57 @@ pub fn socket_drops(port: u16) -> u64 {
                 .sum::<u64>()
         })
         .sum()
+}
+
+/// Time the hypervisor kept one CPU from this machine (steal, /proc/stat) while it runs, sampled
+/// every 100 ms. A vCPU taken away for 100 ms leaves the sockets of the server on it unread that
+/// long: loss and tail latency that no server there could avoid, so the benches report it.
+pub struct StealWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Steal>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Steal {
+    /// Stolen in all, ms.
+    pub total_ms: u64,
+    /// The most stolen within one 100 ms sample, ms.
+    pub worst_ms: u64,
+}
+
+impl StealWatch {
+    pub fn start(cpu: usize) -> StealWatch {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: sysconf has no preconditions.
+            let ms_per_tick = 1000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+            let mut steal = Steal::default();
+            let Some(mut last) = steal_ticks(cpu) else { return steal };
+            while !stopped.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100));
+                let now = steal_ticks(cpu).unwrap_or(last);
+                let ms = now.saturating_sub(last) * ms_per_tick;
+                steal.total_ms += ms;
+                steal.worst_ms = steal.worst_ms.max(ms);
+                last = now;
+            }
+            steal
+        });
+        StealWatch { stop, thread }
+    }
+
+    pub fn stop(self) -> Steal {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// The steal field (the eighth number) of `cpuN` in /proc/stat, in clock ticks.
+fn steal_ticks(cpu: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let name = format!("cpu{cpu}");
+    let line = stat.lines().find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+    line.split_whitespace().nth(8)?.parse().ok()
 }
