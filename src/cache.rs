@@ -1005,10 +1005,8 @@ fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()>
 mod tests {
     use super::*;
     use crate::backend::embedded::Embedded;
-    use crate::registry::shapes::{
-        Attributes, CreateNamespaceRequest, CreateServiceRequest, InstanceRequest, RegisterInstanceRequest,
-    };
-    use crate::registry::{NamespaceKind, Registry, RegistrySettings};
+    use crate::registry::shapes::{Attributes, InstanceRequest, RegisterInstanceRequest};
+    use crate::registry::{Registry, RegistrySettings};
 
     fn register(r: &Registry, service_id: &str, id: &str, ip: &str) {
         let attributes = Attributes::from([("AWS_INSTANCE_IPV4".to_string(), ip.to_string())]);
@@ -1034,23 +1032,7 @@ mod tests {
     async fn an_instance_write_is_cached_when_it_returns() {
         let dir = tempfile::tempdir().unwrap();
         let r = Registry::open(dir.path(), RegistrySettings::default()).unwrap();
-        r.create_namespace(
-            NamespaceKind::Http,
-            CreateNamespaceRequest { name: Some("ns".into()), ..Default::default() },
-        )
-        .unwrap();
-        let ns_id = r.list_namespaces(Default::default()).unwrap()["Namespaces"][0]["Id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let created = r
-            .create_service(CreateServiceRequest {
-                name: Some("s".into()),
-                namespace_id: Some(ns_id),
-                ..Default::default()
-            })
-            .unwrap();
-        let svc = created["Service"]["Id"].as_str().unwrap().to_string();
+        let svc = crate::registry::test_service(&r, None);
         register(&r, &svc, "a", "10.0.0.1");
 
         let settings = CacheSettings {

@@ -636,8 +636,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::registry::shapes::{CreateNamespaceRequest, CreateServiceRequest, HealthCheckCustomConfig};
-    use crate::registry::{NamespaceKind, RegistrySettings};
+    use crate::registry::RegistrySettings;
+    use crate::registry::shapes::HealthCheckCustomConfig;
 
     /// A registry on a clock the test moves by hand, with AWS's 30 s custom health delay.
     fn registry(dir: &std::path::Path) -> (Registry, Arc<AtomicU64>, String) {
@@ -647,26 +647,7 @@ mod tests {
             RegistrySettings { custom_health_delay: Duration::from_secs(30), ..RegistrySettings::default() };
         let clock: crate::registry::Clock = Arc::new(move || clock_ms.load(Ordering::SeqCst) as f64 / 1000.0);
         let r = Registry::open_with_clock(dir, settings, clock).unwrap();
-        r.create_namespace(
-            NamespaceKind::Http,
-            CreateNamespaceRequest { name: Some("ns".into()), ..Default::default() },
-        )
-        .unwrap();
-        let ns = r.list_namespaces(Default::default()).unwrap()["Namespaces"][0]["Id"]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let svc = r
-            .create_service(CreateServiceRequest {
-                name: Some("s".into()),
-                namespace_id: Some(ns),
-                health_check_custom_config: Some(HealthCheckCustomConfig::default()),
-                ..Default::default()
-            })
-            .unwrap()["Service"]["Id"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let svc = crate::registry::test_service(&r, Some(HealthCheckCustomConfig::default()));
         r.register_instance(RegisterInstanceRequest {
             service_id: Some(svc.clone()),
             instance_id: Some("a".into()),

@@ -274,3 +274,25 @@ impl Registry {
         }
     }
 }
+
+/// For unit tests: the HTTP namespace `ns` holding the service `s`; returns the service's id.
+#[cfg(test)]
+pub(crate) fn test_service(r: &Registry, custom_health: Option<shapes::HealthCheckCustomConfig>) -> String {
+    use shapes::{CreateNamespaceRequest, CreateServiceRequest};
+    r.create_namespace(
+        NamespaceKind::Http,
+        CreateNamespaceRequest { name: Some("ns".into()), ..Default::default() },
+    )
+    .unwrap();
+    let ns =
+        r.list_namespaces(Default::default()).unwrap()["Namespaces"][0]["Id"].as_str().unwrap().to_string();
+    let created = r
+        .create_service(CreateServiceRequest {
+            name: Some("s".into()),
+            namespace_id: Some(ns),
+            health_check_custom_config: custom_health,
+            ..Default::default()
+        })
+        .unwrap();
+    created["Service"]["Id"].as_str().unwrap().to_string()
+}
