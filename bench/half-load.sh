@@ -14,17 +14,21 @@
 #              each through to the upstream (NXDOMAIN)               Unbound    | forward mode
 # The servers under test run at once, pinned to CPU 0 (an idle one costs nothing); the load
 # generator (bench/loadgen.rs: sendmmsg/recvmmsg, per-query latency) and the forwarders'
-# upstream (an NSD for up.test.) are pinned to CPU 1, so CPU 0's busy share during a run is the
-# server's alone and gives queries per server CPU-second. For each workload and server: its
-# saturation (200 queries in flight, 5 s); then RUNS rounds, each loading every server open loop
+# upstream (an NSD for up.test.) are pinned to CPU 1. For each workload and server: its
+# saturation (200 queries in flight, 5 s); then RUNS rounds, each loading both servers open loop
 # at half of its own saturation ("half") and at half of the slower server's ("common": the same
-# rate for both, the p99 comparison), interleaved so both see the same machine noise.
+# rate for both, the p99 comparison). Within a run the generator loads the two in turns of
+# TURN_MS (20) until each has had DURATION seconds, so the hypervisor's steal (up to 100 ms at a
+# time here) and every other interruption of CPU 0 falls on both alike; runs of seconds back to
+# back did not: one server's run could lose 300 ms to steal and the other's 20. Server CPU % is its processes' CPU time over the seconds
+# it was loaded; steal ms is CPU 0's over the whole run, both servers' turns.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEERS=${BENCH_PEERS:-$ROOT/../shared/bench-peers}
 LOADGEN=$ROOT/target/release/examples/loadgen
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8}
+TURN_MS=${TURN_MS:-20}
 WORKLOADS=${WORKLOADS:-a srv nx fwd-a fwd-miss}
 SRV_CPU=${SRV_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -70,7 +74,15 @@ for s in nsd:$NSD_PORT:svc0.demo up:$UP_PORT:svc0.up.test ub:$UB_PORT:svc0.up.te
     ready "$port" "$probe" || { echo "$dir did not start" >&2; cat "$WORK/$dir/out" >&2; exit 1; }
 done
 
-busy() { awk -v c="cpu$SRV_CPU" '$1 == c { print $2 + $3 + $4 + $7 + $8, $2 + $3 + $4 + $5 + $6 + $7 + $8 + $9 }' /proc/stat; }
+# CPU time (ms) of the processes that hold a UDP port: the server's own, whichever of its turns.
+cpu_ms() { # port
+    local t=0 p
+    for p in $(ss -lunpH "sport = :$1" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
+        # utime + stime, counted after the command name (NSD's have spaces in them).
+        t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
+    done
+    echo $((t * 1000 / $(getconf CLK_TCK)))
+}
 # Queries the server's own sockets dropped (receive buffer full), from the kernel's per-socket
 # counter: tells loss at the server from loss anywhere else.
 drops() { # port
@@ -125,27 +137,39 @@ for wl in $WORKLOADS; do
     done
     for run in $(seq "$RUNS"); do
         for kind in half common; do
+            # Both servers in one run, in turns (bench/loadgen.rs).
+            addrs= rates= max=0
+            declare -A d0=() c0=()
             for s in $servers; do
                 name=${s%%:*} port=${s##*:}
                 rate=$common
                 [ "$kind" = half ] && rate=$((${sat[$name]} / 2))
-                d0=$(drops "$port") s0=$(steal_ms)
-                read -r b0 t0 < <(busy)
-                out=$(load "$port" "$wl" "$DURATION" "$rate")
-                read -r b1 t1 < <(busy)
-                d1=$(drops "$port") s1=$(steal_ms)
-                cpu=$(awk -v b=$((b1 - b0)) -v t=$((t1 - t0)) 'BEGIN { printf "%.0f", (t ? 100 * b / t : 0) }')
-                qps=$(echo "$out" | field qps)
+                addrs=$addrs${addrs:+,}127.0.0.1:$port rates=$rates${rates:+,}$rate
+                [ "$rate" -gt "$max" ] && max=$rate
+                d0[$name]=$(drops "$port") c0[$name]=$(cpu_ms "$port")
+            done
+            s0=$(steal_ms)
+            out=$("$LOADGEN" "$addrs" "$(queries "$wl" "$max" "$DURATION")" "$DURATION" "$rates" "$LOAD_CPU" "$TURN_MS")
+            s1=$(steal_ms)
+            for s in $servers; do
+                name=${s%%:*} port=${s##*:}
+                line=$(echo "$out" | grep "^server 127.0.0.1:$port ")
+                rate=$common
+                [ "$kind" = half ] && rate=$((${sat[$name]} / 2))
+                d1=$(drops "$port") c1=$(cpu_ms "$port")
+                # Its process's CPU over the seconds it was loaded (its idle turns cost next to nothing).
+                cpu=$(awk -v c=$((c1 - ${c0[$name]})) -v s="$DURATION" 'BEGIN { printf "%.0f", c / (10 * s) }')
+                qps=$(echo "$line" | field qps)
                 # Wrong: an answer other than the workload's (records; NXDOMAIN for the misses).
                 case "$wl" in
-                nx | fwd-miss) wrong=$(($(echo "$out" | field received) - $(echo "$out" | field nxdomain))) ;;
-                *) wrong=$(($(echo "$out" | field bad) + $(echo "$out" | field nxdomain))) ;;
+                nx | fwd-miss) wrong=$(($(echo "$line" | field received) - $(echo "$line" | field nxdomain))) ;;
+                *) wrong=$(($(echo "$line" | field bad) + $(echo "$line" | field nxdomain))) ;;
                 esac
                 per=$(awk -v q="$qps" -v c="$cpu" 'BEGIN { printf "%.0f", (c > 0 ? q * 100 / c : 0) }')
                 printf '| %s | %s | %s | %s %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$wl" \
-                    "${sat[$name]}" "$kind" "$rate" "$run" "$qps" "$(echo "$out" | field lost)" $((d1 - d0)) "$wrong" \
+                    "${sat[$name]}" "$kind" "$rate" "$run" "$qps" "$(echo "$line" | field lost)" $((d1 - ${d0[$name]})) "$wrong" \
                     "$cpu" $((s1 - s0)) "$per" \
-                    "$(echo "$out" | field p50_ms)" "$(echo "$out" | field p99_ms)" "$(echo "$out" | field p999_ms)"
+                    "$(echo "$line" | field p50_ms)" "$(echo "$line" | field p99_ms)" "$(echo "$line" | field p999_ms)"
             done
         done
     done

@@ -1,43 +1,75 @@
 //! The benchmarks' UDP load generator (bench/udp_load.rs) as a command, for scripts that put it beside
 //! other servers (bench/half-load.sh):
 //!
-//! `loadgen SERVER QUERY_FILE SECONDS RATE|max [CPU]`
+//! `loadgen SERVER[,SERVER...] QUERY_FILE SECONDS RATE|max[,RATE...] [CPU [SLICE_MS]]`
 //!
 //! RATE: queries per second, open loop; `max`: 200 queries in flight, as fast as the server
 //! answers. CPU pins the generator. Prints one line: qps, sent, received, lost, bad, latency
 //! percentiles (ms).
+//!
+//! Several servers (and a rate each, or one for all) are loaded in turn, SLICE_MS each (default
+//! 20), until each has had SECONDS of load: servers that share a CPU then share its
+//! interruptions. One line per server, `server ADDRESS` first.
 
 #[path = "udp_load.rs"]
 mod udp_load;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [server, file, seconds, rate, rest @ ..] = args.as_slice() else {
-        eprintln!("usage: loadgen SERVER QUERY_FILE SECONDS RATE|max [CPU]");
+    let [servers, file, seconds, rates, rest @ ..] = args.as_slice() else {
+        eprintln!("usage: loadgen SERVER[,SERVER...] QUERY_FILE SECONDS RATE|max[,RATE...] [CPU [SLICE_MS]]");
         std::process::exit(2);
     };
     let fail = |what: &str| -> ! {
         eprintln!("loadgen: {what}");
         std::process::exit(2)
     };
-    let server = server.parse().unwrap_or_else(|_| fail("SERVER is ADDRESS:PORT"));
+    let servers: Vec<SocketAddr> =
+        servers.split(',').map(|s| s.parse().unwrap_or_else(|_| fail("SERVER is ADDRESS:PORT"))).collect();
     let text = std::fs::read_to_string(file).unwrap_or_else(|e| fail(&format!("{file}: {e}")));
     let queries = udp_load::query_file(&text);
     if queries.is_empty() {
         fail("no queries in the file");
     }
-    let seconds: f64 = seconds.parse().unwrap_or_else(|_| fail("SECONDS is a number"));
-    let pace = match rate.as_str() {
-        "max" => udp_load::Pace::Window(200),
-        r => udp_load::Pace::Rate(
-            r.parse().ok().filter(|r: &f64| *r > 0.0).unwrap_or_else(|| fail("RATE is a number or max")),
-        ),
-    };
+    let seconds: f64 =
+        seconds.parse().ok().filter(|s: &f64| *s > 0.0).unwrap_or_else(|| fail("SECONDS is a number"));
+    let paces: Vec<udp_load::Pace> = rates
+        .split(',')
+        .map(|rate| match rate {
+            "max" => udp_load::Pace::Window(200),
+            r => udp_load::Pace::Rate(
+                r.parse().ok().filter(|r: &f64| *r > 0.0).unwrap_or_else(|| fail("RATE is a number or max")),
+            ),
+        })
+        .collect();
+    if paces.len() != 1 && paces.len() != servers.len() {
+        fail("give one RATE, or one per SERVER");
+    }
+    let targets: Vec<udp_load::Target> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, &server)| udp_load::Target { server, pace: paces[i.min(paces.len() - 1)] })
+        .collect();
     if let Some(cpu) = rest.first() {
         udp_load::pin_to(cpu.parse().unwrap_or_else(|_| fail("CPU is a number")));
     }
-    let report = udp_load::run(server, &queries, pace, Duration::from_secs_f64(seconds));
-    println!("{}", report.line());
+    let duration = Duration::from_secs_f64(seconds);
+    let slice = match rest.get(1) {
+        Some(ms) => Duration::from_millis(
+            ms.parse().ok().filter(|ms: &u64| *ms > 0).unwrap_or_else(|| fail("SLICE_MS is a whole number")),
+        ),
+        None if targets.len() == 1 => duration,
+        None => Duration::from_millis(20),
+    };
+    let reports = udp_load::run_interleaved(&targets, &queries, duration, slice);
+    if let [report] = reports.as_slice() {
+        println!("{}", report.line());
+    } else {
+        for (target, report) in targets.iter().zip(&reports) {
+            println!("server {} {}", target.server, report.line());
+        }
+    }
 }

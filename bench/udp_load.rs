@@ -215,86 +215,207 @@ impl Batch {
 }
 
 /// Runs queries (round robin over `queries`) at `server` for `duration`, then waits up to
-/// `drain` for late answers.
+/// 500 ms for late answers.
 pub fn run(server: SocketAddr, queries: &[Vec<u8>], pace: Pace, duration: Duration) -> Report {
+    let mut reports = run_interleaved(&[Target { server, pace }], queries, duration, duration);
+    reports.pop().expect("one report per target")
+}
+
+/// One server of an interleaved run, and the load it gets while its turn lasts.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    pub server: SocketAddr,
+    pub pace: Pace,
+}
+
+/// Loads several servers in turn: `slice` of load for each, round robin, until each has had
+/// `duration` (rounded up to whole slices); answers are read from all of them throughout. Two
+/// servers on one CPU then share that CPU's interruptions (steal, other tasks) almost evenly, which
+/// back-to-back runs of seconds do not: one report per target, in order, each counting only the
+/// time it was loaded.
+pub fn run_interleaved(
+    targets: &[Target],
+    queries: &[Vec<u8>],
+    duration: Duration,
+    slice: Duration,
+) -> Vec<Report> {
     assert!(!queries.is_empty(), "no queries");
-    let bind: SocketAddr = if server.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" }.parse().unwrap();
-    let sockets: Vec<UdpSocket> = (0..SOCKETS)
-        .map(|_| {
-            let s = UdpSocket::bind(bind).expect("bind a load socket");
-            s.connect(server).expect("connect");
-            s.set_nonblocking(true).expect("nonblocking");
-            // Answers the generator is too late to read must not be lost here and counted
-            // against the server: as much as rmem_max allows (4 MiB here, ~10,000 answers).
-            let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
-            s
-        })
-        .collect();
-    let drops_before: std::collections::HashMap<u16, u64> = sockets
-        .iter()
-        .filter_map(|s| s.local_addr().ok())
-        .map(|a| (a.port(), socket_drops(a.port())))
-        .collect();
-    // Send time (ns since start, +1; 0 = nothing outstanding) per socket and id.
-    let mut sent_at = vec![vec![0u64; 65536]; SOCKETS];
-    let mut next_id = [0u16; SOCKETS];
-    let mut hist = vec![0u64; MAX_US + 1];
-    let (mut sent, mut received, mut bad, mut nxdomain, mut forgiven) = (0u64, 0u64, 0u64, 0u64, 0u64);
-    let mut max_owed = 0u64;
-    let mut next_query = 0usize;
-    let mut turn = 0usize;
+    assert!(!targets.is_empty() && !slice.is_zero(), "nothing to load");
+    let slices_each = (duration.as_secs_f64() / slice.as_secs_f64()).ceil().max(1.0) as u32;
+    let cycle = slice * targets.len() as u32;
+    let mut loads: Vec<Load> = targets.iter().map(|t| Load::new(*t)).collect();
     let mut out = Batch::new();
     let mut inb = Batch::new();
     let start = Instant::now();
-    let end = start + duration;
+    let end = start + cycle * slices_each;
     let drain_end = end + Duration::from_millis(500);
-    let mut last_progress = start;
     loop {
         let now = Instant::now();
+        let elapsed = now - start;
         let sending = now < end;
-        if !sending && (now >= drain_end || received + forgiven >= sent) {
+        if !sending && (now >= drain_end || loads.iter().all(Load::answered)) {
             break;
         }
+        // The target whose turn it is, and how long each has been loaded so far.
+        let turn = (elapsed.as_nanos() / slice.as_nanos()) as usize % loads.len();
+        let cycles = (elapsed.as_nanos() / cycle.as_nanos()) as u32;
+        let into = elapsed.saturating_sub(cycle * cycles);
         let mut worked = false;
-        if sending {
-            let due = match pace {
+        for (t, load) in loads.iter_mut().enumerate() {
+            let loaded =
+                (slice * cycles + into.saturating_sub(slice * t as u32).min(slice)).min(slice * slices_each);
+            let due = match load.target.pace {
+                _ if !sending => 0,
+                // Owed for the time it was loaded: what a turn left unsent goes out with the next.
                 Pace::Rate(r) => {
-                    let owed = (((now - start).as_secs_f64() * r) as u64).saturating_sub(sent);
-                    max_owed = max_owed.max(owed);
+                    let owed = ((loaded.as_secs_f64() * r) as u64).saturating_sub(load.sent);
+                    load.max_owed = load.max_owed.max(owed);
                     owed
                 }
-                Pace::Window(w) => (w as u64).saturating_sub(sent.saturating_sub(received + forgiven)),
+                Pace::Window(w) if sending && t == turn => {
+                    (w as u64).saturating_sub(load.sent.saturating_sub(load.received + load.forgiven))
+                }
+                Pace::Window(_) => 0,
             };
-            let n = (due as usize).min(BATCH);
-            if n > 0 {
-                let s = turn % SOCKETS;
-                turn += 1;
-                let stamp = (now - start).as_nanos() as u64 + 1;
-                for i in 0..n {
-                    let q = &queries[next_query % queries.len()];
-                    next_query += 1;
-                    let id = next_id[s];
-                    next_id[s] = id.wrapping_add(1);
-                    out.bufs[i][..q.len()].copy_from_slice(q);
-                    out.bufs[i][..2].copy_from_slice(&id.to_be_bytes());
-                    out.lens[i] = q.len();
-                    sent_at[s][id as usize] = stamp;
+            worked |= load.send(queries, (due as usize).min(BATCH), &mut out, start);
+        }
+        for load in &mut loads {
+            worked |= load.receive(&mut inb, start);
+        }
+        if !worked {
+            for load in &mut loads {
+                load.forgive_if_stuck();
+            }
+            let wait = match loads[turn].target.pace {
+                Pace::Rate(r) if sending => {
+                    let load = &loads[turn];
+                    let loaded = slice * cycles + into.saturating_sub(slice * turn as u32).min(slice);
+                    Duration::from_secs_f64(((load.sent + 1) as f64 / r - loaded.as_secs_f64()).max(0.0))
+                        .min(Duration::from_millis(1))
                 }
-                out.prepare(n, true);
-                // SAFETY: msgs points at n prepared headers whose buffers live in `out`.
-                let r = unsafe { libc::sendmmsg(sockets[s].as_raw_fd(), out.msgs.as_mut_ptr(), n as u32, 0) };
-                let ok = if r < 0 { 0 } else { r as usize };
-                for i in ok..n {
-                    // Not sent (socket buffer full): forget the stamp, try again later.
-                    let id = u16::from_be_bytes([out.bufs[i][0], out.bufs[i][1]]);
-                    sent_at[s][id as usize] = 0;
-                }
-                sent += ok as u64;
-                next_query -= n - ok;
-                worked |= ok > 0;
+                _ => Duration::from_micros(200),
+            };
+            if wait > Duration::from_micros(20) {
+                let mut fds: Vec<libc::pollfd> = loads
+                    .iter()
+                    .flat_map(|l| &l.sockets)
+                    .map(|s| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 })
+                    .collect();
+                let ts = libc::timespec { tv_sec: 0, tv_nsec: wait.as_nanos() as libc::c_long };
+                // SAFETY: fds is a valid array of pollfds; ts outlives the call.
+                unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null()) };
             }
         }
-        for (s, sock) in sockets.iter().enumerate() {
+    }
+    let seconds = (slice * slices_each).as_secs_f64();
+    loads.into_iter().map(|l| l.report(seconds)).collect()
+}
+
+/// One target's sockets, what was sent to it and what came back.
+struct Load {
+    target: Target,
+    sockets: Vec<UdpSocket>,
+    drops_before: Vec<(u16, u64)>,
+    /// Send time (ns since start, +1; 0 = nothing outstanding) per socket and id.
+    sent_at: Vec<Vec<u64>>,
+    next_id: [u16; SOCKETS],
+    hist: Vec<u64>,
+    sent: u64,
+    received: u64,
+    bad: u64,
+    nxdomain: u64,
+    forgiven: u64,
+    max_owed: u64,
+    /// Each target walks the query file from its start: the miss workloads' names are new to
+    /// every server.
+    next_query: usize,
+    turn: usize,
+    last_progress: Instant,
+}
+
+impl Load {
+    fn new(target: Target) -> Load {
+        let bind: SocketAddr = if target.server.is_ipv4() { "127.0.0.1:0" } else { "[::1]:0" }
+            .parse()
+            .expect("a loopback address");
+        let sockets: Vec<UdpSocket> = (0..SOCKETS)
+            .map(|_| {
+                let s = UdpSocket::bind(bind).expect("bind a load socket");
+                s.connect(target.server).expect("connect");
+                s.set_nonblocking(true).expect("nonblocking");
+                // Answers the generator is too late to read must not be lost here and counted
+                // against the server: as much as rmem_max allows (4 MiB here, ~10,000 answers).
+                let _ = socket2::SockRef::from(&s).set_recv_buffer_size(4 << 20);
+                s
+            })
+            .collect();
+        let drops_before = sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .map(|a| (a.port(), socket_drops(a.port())))
+            .collect();
+        Load {
+            target,
+            sockets,
+            drops_before,
+            sent_at: vec![vec![0u64; 65536]; SOCKETS],
+            next_id: [0; SOCKETS],
+            hist: vec![0; MAX_US + 1],
+            sent: 0,
+            received: 0,
+            bad: 0,
+            nxdomain: 0,
+            forgiven: 0,
+            max_owed: 0,
+            next_query: 0,
+            turn: 0,
+            last_progress: Instant::now(),
+        }
+    }
+
+    fn answered(&self) -> bool {
+        self.received + self.forgiven >= self.sent
+    }
+
+    /// Sends `n` queries in one sendmmsg on the next socket; whether any went.
+    fn send(&mut self, queries: &[Vec<u8>], n: usize, out: &mut Batch, start: Instant) -> bool {
+        if n == 0 {
+            return false;
+        }
+        let s = self.turn % SOCKETS;
+        self.turn += 1;
+        let stamp = (Instant::now() - start).as_nanos() as u64 + 1;
+        for i in 0..n {
+            let q = &queries[self.next_query % queries.len()];
+            self.next_query += 1;
+            let id = self.next_id[s];
+            self.next_id[s] = id.wrapping_add(1);
+            out.bufs[i][..q.len()].copy_from_slice(q);
+            out.bufs[i][..2].copy_from_slice(&id.to_be_bytes());
+            out.lens[i] = q.len();
+            self.sent_at[s][id as usize] = stamp;
+        }
+        out.prepare(n, true);
+        // SAFETY: msgs points at n prepared headers whose buffers live in `out`.
+        let r = unsafe { libc::sendmmsg(self.sockets[s].as_raw_fd(), out.msgs.as_mut_ptr(), n as u32, 0) };
+        let ok = if r < 0 { 0 } else { r as usize };
+        for i in ok..n {
+            // Not sent (socket buffer full): forget the stamp, try again later.
+            let id = u16::from_be_bytes([out.bufs[i][0], out.bufs[i][1]]);
+            self.sent_at[s][id as usize] = 0;
+        }
+        self.sent += ok as u64;
+        self.next_query -= n - ok;
+        if ok > 0 {
+            self.last_progress = Instant::now();
+        }
+        ok > 0
+    }
+
+    /// Reads what answers wait on every socket; whether there were any.
+    fn receive(&mut self, inb: &mut Batch, start: Instant) -> bool {
+        let mut any = false;
+        for (s, sock) in self.sockets.iter().enumerate() {
             inb.prepare(BATCH, false);
             // SAFETY: msgs points at BATCH prepared headers whose 512-byte buffers live in `inb`.
             let r = unsafe {
@@ -309,6 +430,7 @@ pub fn run(server: SocketAddr, queries: &[Vec<u8>], pace: Pace, duration: Durati
             if r <= 0 {
                 continue;
             }
+            any = true;
             let at = (Instant::now() - start).as_nanos() as u64 + 1;
             for i in 0..r as usize {
                 let len = inb.msgs[i].msg_len as usize;
@@ -317,59 +439,54 @@ pub fn run(server: SocketAddr, queries: &[Vec<u8>], pace: Pace, duration: Durati
                     continue;
                 }
                 let id = u16::from_be_bytes([b[0], b[1]]) as usize;
-                let t = std::mem::take(&mut sent_at[s][id]);
+                let t = std::mem::take(&mut self.sent_at[s][id]);
                 if t == 0 {
                     continue; // a duplicate or an answer to a query already given up on
                 }
-                received += 1;
+                self.received += 1;
                 let us = ((at - t) / 1000) as usize;
-                hist[us.min(MAX_US)] += 1;
+                self.hist[us.min(MAX_US)] += 1;
                 let is_response = b[2] & 0x80 != 0;
                 let rcode = b[3] & 0x0f;
                 let answers = u16::from_be_bytes([b[6], b[7]]);
                 if is_response && rcode == 3 {
-                    nxdomain += 1;
+                    self.nxdomain += 1;
                 } else if !is_response || rcode != 0 || answers == 0 {
-                    bad += 1;
+                    self.bad += 1;
                 }
             }
-            worked = true;
         }
-        if worked {
-            last_progress = Instant::now();
-        } else if let Pace::Window(_) = pace {
-            // Nothing came back for a while: count what is in flight as lost, so the window
-            // does not stay shut.
-            if last_progress.elapsed() > Duration::from_millis(200) {
-                forgiven = sent - received;
-                last_progress = Instant::now();
-            }
+        if any {
+            self.last_progress = Instant::now();
         }
-        if !worked {
-            let wait = match pace {
-                Pace::Rate(r) if sending => {
-                    let next = start + Duration::from_secs_f64((sent + 1) as f64 / r);
-                    next.saturating_duration_since(Instant::now()).min(Duration::from_millis(1))
-                }
-                _ => Duration::from_micros(200),
-            };
-            if wait > Duration::from_micros(20) {
-                let mut fds: Vec<libc::pollfd> = sockets
-                    .iter()
-                    .map(|s| libc::pollfd { fd: s.as_raw_fd(), events: libc::POLLIN, revents: 0 })
-                    .collect();
-                let ts = libc::timespec { tv_sec: 0, tv_nsec: wait.as_nanos() as libc::c_long };
-                // SAFETY: fds is a valid array of SOCKETS pollfds; ts outlives the call.
-                unsafe { libc::ppoll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, &ts, std::ptr::null()) };
-            }
+        any
+    }
+
+    /// With a fixed window, nothing back for a while counts what is in flight as lost, so the
+    /// window does not stay shut.
+    fn forgive_if_stuck(&mut self) {
+        if matches!(self.target.pace, Pace::Window(_))
+            && self.last_progress.elapsed() > Duration::from_millis(200)
+        {
+            self.forgiven = self.sent - self.received;
+            self.last_progress = Instant::now();
         }
     }
-    let client_drops = sockets
-        .iter()
-        .filter_map(|s| s.local_addr().ok())
-        .map(|a| socket_drops(a.port()).saturating_sub(drops_before.get(&a.port()).copied().unwrap_or(0)))
-        .sum();
-    Report { seconds: duration.as_secs_f64(), sent, received, bad, nxdomain, client_drops, max_owed, hist }
+
+    fn report(self, seconds: f64) -> Report {
+        let client_drops =
+            self.drops_before.iter().map(|&(port, before)| socket_drops(port).saturating_sub(before)).sum();
+        Report {
+            seconds,
+            sent: self.sent,
+            received: self.received,
+            bad: self.bad,
+            nxdomain: self.nxdomain,
+            client_drops,
+            max_owed: self.max_owed,
+            hist: self.hist,
+        }
+    }
 }
 
 /// Datagrams the kernel dropped at the UDP sockets bound to local `port` (its receive buffer was
