@@ -76,15 +76,6 @@ for s in nsd:$NSD_PORT:svc0.demo up:$UP_PORT:svc0.up.test ub:$UB_PORT:svc0.up.te
     ready "$port" "$probe" || { echo "$dir did not start" >&2; cat "$WORK/$dir/out" >&2; exit 1; }
 done
 
-# CPU time (ms) of the processes that hold a UDP port: the server's own, whichever of its turns.
-cpu_ms() { # port
-    local t=0 p
-    for p in $(ss -lunpH "sport = :$1" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
-        # utime + stime, counted after the command name (NSD's have spaces in them).
-        t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
-    done
-    echo $((t * 1000 / $(getconf CLK_TCK)))
-}
 # Queries the server's own sockets dropped (receive buffer full), from the kernel's per-socket
 # counter: tells loss at the server from loss anywhere else.
 drops() { # port

@@ -29,12 +29,10 @@ sleep 1
 for _ in 1 2 3; do
     "$ROOT/target/release/examples/loadgen" "127.0.0.1:$AWS_DNS" "$WORK/gen/q-demo-a.txt" 2 2000 1 >/dev/null
 done
-pid=$(ss -lunpH "sport = :$AWS_DNS" | grep -o "pid=[0-9]*" | head -1 | cut -d= -f2)
 calls() { curl -s "127.0.0.1:$AWS_METRICS/metrics" | awk '/^cloudmap_dns_backend_requests_total/ { s += $NF } END { printf "%d", s }'; }
-cpu() { awk '{ print $14 + $15 }' "/proc/$pid/stat"; }
 sleep 3
-c0=$(calls) t0=$(cpu)
+c0=$(calls) t0=$(cpu_ms "$AWS_DNS")
 sleep 10
-c1=$(calls) t1=$(cpu)
-awk -v c=$((c1 - c0)) -v t=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" \
-    'BEGIN { printf "calls/s %.0f  CPU per call %.0f us\n", c / 10, (c ? t * 1e6 / hz / c : 0) }'
+c1=$(calls) t1=$(cpu_ms "$AWS_DNS")
+awk -v c=$((c1 - c0)) -v t=$((t1 - t0)) \
+    'BEGIN { printf "calls/s %.0f  CPU per call %.0f us\n", c / 10, (c ? t * 1000 / c : 0) }'

@@ -55,30 +55,24 @@ impl Report {
         if total == 0 {
             return f64::NAN;
         }
-        let want = ((total as f64) * p).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        for (us, n) in self.hist.iter().enumerate() {
-            seen += n;
-            if seen >= want {
-                return us as f64 / 1000.0;
-            }
-        }
-        MAX_US as f64 / 1000.0
+        self.within(total, p).unwrap_or(MAX_US as f64 / 1000.0)
     }
 
     /// The same over every query sent, the lost ones counted as later than any answer: a server
     /// that drops the queries it is slow to reach loses them from its tail, and this puts them
     /// back. Infinite when more than `1 - p` of the queries were lost.
     pub fn percentile_of_sent_ms(&self, p: f64) -> f64 {
-        let want = ((self.sent as f64) * p).ceil().max(1.0) as u64;
+        self.within(self.sent, p).unwrap_or(f64::INFINITY)
+    }
+
+    /// The latency (ms) that `p` of `total` queries came within, if that many were answered.
+    fn within(&self, total: u64, p: f64) -> Option<f64> {
+        let want = ((total as f64) * p).ceil().max(1.0) as u64;
         let mut seen = 0;
-        for (us, n) in self.hist.iter().enumerate() {
+        self.hist.iter().enumerate().find_map(|(us, n)| {
             seen += n;
-            if seen >= want {
-                return us as f64 / 1000.0;
-            }
-        }
-        f64::INFINITY
+            (seen >= want).then(|| us as f64 / 1000.0)
+        })
     }
 
     /// Two runs as one.
