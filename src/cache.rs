@@ -99,15 +99,23 @@ pub struct NamespaceState {
     services: DashMap<String, Arc<ServiceSlot>>,
 }
 
+/// A service's atomics that a cached answer built from it reads (or writes) on every hit, in one
+/// allocation: one cache line per hit, not one per field.
+#[derive(Debug)]
+pub struct SlotMarks {
+    /// Moves when what answers say changes.
+    pub generation: AtomicU64,
+    /// Milliseconds since the epoch of the last query that used this service.
+    pub last_used: AtomicU64,
+    /// When the backend last confirmed the data (wall-clock ms, 0 = never): answers built from it
+    /// read it when served, for `answer_staleness_seconds`.
+    pub confirmed_ms: AtomicU64,
+}
+
 pub struct ServiceSlot {
     pub name: String,
     state: RwLock<SlotState>,
-    pub generation: Arc<AtomicU64>,
-    /// Milliseconds since the epoch of the last query that used this service.
-    pub last_used: Arc<AtomicU64>,
-    /// When the backend last confirmed the data (wall-clock ms, 0 = never): answers built from it
-    /// read it when served, for `answer_staleness_seconds`.
-    pub confirmed_ms: Arc<AtomicU64>,
+    pub marks: Arc<SlotMarks>,
     /// Serialises fetches: concurrent misses share one call, and a later fetch never loses to an
     /// earlier one.
     load: tokio::sync::Mutex<()>,
@@ -197,9 +205,11 @@ impl ServiceSlot {
         ServiceSlot {
             name: name.to_string(),
             state: RwLock::new(SlotState::default()),
-            generation: Arc::new(AtomicU64::new(1)),
-            last_used: Arc::new(AtomicU64::new(now_ms())),
-            confirmed_ms: Arc::new(AtomicU64::new(0)),
+            marks: Arc::new(SlotMarks {
+                generation: AtomicU64::new(1),
+                last_used: AtomicU64::new(now_ms()),
+                confirmed_ms: AtomicU64::new(0),
+            }),
             load: tokio::sync::Mutex::new(()),
             refreshing: AtomicBool::new(false),
             wanted: Outdated::default(),
@@ -223,7 +233,7 @@ impl ServiceSlot {
     }
 
     fn lookup(self: &Arc<Self>) -> Option<Lookup> {
-        let generation = self.generation.load(Ordering::Acquire);
+        let generation = self.marks.generation.load(Ordering::Acquire);
         let st = self.read();
         if st.not_found {
             return Some(Lookup::NotFound);
@@ -247,11 +257,11 @@ impl ServiceSlot {
         st.not_found = false;
         st.stale = false;
         st.confirmed = Some(SystemTime::now());
-        self.confirmed_ms.store(now_ms(), Ordering::Relaxed);
+        self.marks.confirmed_ms.store(now_ms(), Ordering::Relaxed);
         st.discovered_at = Some(Instant::now());
         drop(st);
         if changed {
-            bump(&self.generation);
+            bump(&self.marks.generation);
         }
         changed
     }
@@ -259,11 +269,11 @@ impl ServiceSlot {
     fn confirm(&self) {
         let mut st = self.write();
         st.confirmed = Some(SystemTime::now());
-        self.confirmed_ms.store(now_ms(), Ordering::Relaxed);
+        self.marks.confirmed_ms.store(now_ms(), Ordering::Relaxed);
         let was_stale = std::mem::replace(&mut st.stale, false);
         drop(st);
         if was_stale {
-            bump(&self.generation);
+            bump(&self.marks.generation);
         }
     }
 
@@ -271,10 +281,10 @@ impl ServiceSlot {
         let mut st = self.write();
         let changed = !st.not_found;
         *st = SlotState { not_found: true, confirmed: Some(SystemTime::now()), ..SlotState::default() };
-        self.confirmed_ms.store(now_ms(), Ordering::Relaxed);
+        self.marks.confirmed_ms.store(now_ms(), Ordering::Relaxed);
         drop(st);
         if changed {
-            bump(&self.generation);
+            bump(&self.marks.generation);
         }
     }
 
@@ -300,7 +310,7 @@ impl ServiceSlot {
         };
         drop(st);
         if changed {
-            bump(&self.generation);
+            bump(&self.marks.generation);
         }
     }
 }
@@ -416,7 +426,7 @@ impl Cache {
                     bump(&ns.catalog_generation);
                     for slot in ns.services.iter() {
                         slot.wanted.announce();
-                        bump(&slot.generation);
+                        bump(&slot.marks.generation);
                     }
                 }
             }
@@ -424,7 +434,7 @@ impl Cache {
                 for ns in self.states_for(namespace) {
                     if let Some(slot) = ns.services.get(service) {
                         slot.wanted.announce();
-                        bump(&slot.generation);
+                        bump(&slot.marks.generation);
                     }
                 }
             }
@@ -801,7 +811,7 @@ impl Cache {
     /// Looks a service up for an answer, fetching or re-validating it as its backend requires.
     pub async fn service(self: &Arc<Self>, ns: &Arc<NamespaceState>, name: &str) -> Lookup {
         let slot = ns.slot(name);
-        slot.last_used.store(now_ms(), Ordering::Relaxed);
+        slot.marks.last_used.store(now_ms(), Ordering::Relaxed);
         if self.push || slot.refreshing.load(Ordering::Acquire) {
             if slot.wanted.is_outdated() {
                 let _guard = slot.load.lock().await;
@@ -846,12 +856,12 @@ impl Cache {
         let mut next = tokio::time::Instant::now() + first;
         loop {
             tokio::time::sleep_until(next).await;
-            let idle_ms = now_ms().saturating_sub(slot.last_used.load(Ordering::Relaxed));
+            let idle_ms = now_ms().saturating_sub(slot.marks.last_used.load(Ordering::Relaxed));
             if idle_ms > self.settings.load().idle_timeout.as_millis() as u64 {
                 slot.refreshing.store(false, Ordering::Release);
                 self.active.fetch_sub(1, Ordering::Relaxed);
                 // Answers built from it must not be served without a new check.
-                bump(&slot.generation);
+                bump(&slot.marks.generation);
                 tracing::debug!(service = %slot.name, "idle: no longer refreshed");
                 return;
             }
@@ -956,7 +966,7 @@ impl Cache {
                 let mut st = slot.write();
                 st.confirmed = s.confirmed_ms.map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
                 st.discovered_at = None;
-                slot.confirmed_ms.store(s.confirmed_ms.unwrap_or(0), Ordering::Relaxed);
+                slot.marks.confirmed_ms.store(s.confirmed_ms.unwrap_or(0), Ordering::Relaxed);
                 services += 1;
             }
         }

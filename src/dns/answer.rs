@@ -9,8 +9,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use rand::Rng;
 use rand::seq::SliceRandom;
+use smallvec::SmallVec;
 
-use super::wire::{self, OptOut, Query, Sections};
+use super::wire::{self, OptOut, Query, RecordSet, Records, Sections};
+use crate::cache::SlotMarks;
+
+/// Generations an answer was built from, each with the value it had: the answer is current while
+/// all of them still hold. Inline (a zone, a catalog): no allocation to follow on a hit.
+pub type Deps = SmallVec<[(Arc<AtomicU64>, u64); 2]>;
+
+/// Whether every generation in `deps` still holds.
+pub fn deps_hold(deps: &[(Arc<AtomicU64>, u64)]) -> bool {
+    deps.iter().all(|(g, v)| g.load(Ordering::Acquire) == *v)
+}
+
+/// The service an answer was built from: its generation then, and its marks, read (and the
+/// last use written) on every hit.
+#[derive(Debug)]
+pub struct ServiceDep {
+    pub marks: Arc<SlotMarks>,
+    pub generation: u64,
+    /// Whether the data's age is known (polled from the backend; pushed data is always current).
+    pub aged: bool,
+}
 
 /// How the answer section is drawn from `records` for each response.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,22 +49,20 @@ pub struct Answer {
     pub rcode: u8,
     pub authoritative: bool,
     pub recursion_available: bool,
-    pub records: Vec<Vec<u8>>,
+    pub records: RecordSet,
     pub pick: Pick,
-    pub authority: Vec<Vec<u8>>,
-    pub additional: Vec<Vec<u8>>,
+    pub authority: RecordSet,
+    pub additional: RecordSet,
     /// Extended DNS Error (RFC 8914) to attach when the client speaks EDNS.
     pub ede: Option<(u16, Cow<'static, str>)>,
-    /// The generations this answer was built from; it is current while all of them still hold.
-    pub deps: Vec<(Arc<AtomicU64>, u64)>,
-    /// Marks the data behind it as in use (idle services stop being refreshed).
-    pub touch: Option<Arc<AtomicU64>>,
+    /// The zone and catalog generations this answer was built from.
+    pub deps: Deps,
+    /// The service it was built from, if any: it is current while the service's generation
+    /// holds; a hit marks the service as in use (idle services stop being refreshed), and reads
+    /// the data's age (when the backend last confirmed it) for staleness accounting.
+    pub service: Option<ServiceDep>,
     /// Whether the answer may be reused for other queries (troubleshooting TXT is not).
     pub cacheable: bool,
-    /// Age of the data behind it, for staleness accounting: when the backend last confirmed it
-    /// (wall-clock ms, kept by its cache slot); `None` when it is always current (pushed by the
-    /// embedded registry, or not from the backend).
-    pub confirmed_ms: Option<Arc<AtomicU64>>,
     /// Why it is served stale, when it is (`served_stale_total{reason}`).
     pub stale_reason: Option<&'static str>,
     /// Whether it falls back to unhealthy instances because none is healthy.
@@ -56,29 +75,32 @@ impl Answer {
             rcode,
             authoritative: true,
             recursion_available: false,
-            records: Vec::new(),
+            records: RecordSet::default(),
             pick: Pick::All,
-            authority: Vec::new(),
-            additional: Vec::new(),
+            authority: RecordSet::default(),
+            additional: RecordSet::default(),
             ede: None,
-            deps: Vec::new(),
-            touch: None,
+            deps: Deps::new(),
+            service: None,
             cacheable: true,
-            confirmed_ms: None,
             stale_reason: None,
             fail_open: false,
         }
     }
 
-    pub fn is_current(&self) -> bool {
-        self.deps.iter().all(|(g, v)| g.load(Ordering::Acquire) == *v)
+    /// When the backend last confirmed the data behind it (wall-clock ms), if that is known.
+    pub fn confirmed_ms(&self) -> Option<u64> {
+        self.service.as_ref().filter(|s| s.aged).map(|s| s.marks.confirmed_ms.load(Ordering::Relaxed))
     }
 
     /// Writes the response to `q` into `out`, within `limit` bytes. Returns whether TC was set.
     /// Besides `out`, nothing is allocated unless the answer has over 64 records.
     pub fn write(&self, q: &Query, limit: usize, now_ms: u64, out: &mut Vec<u8>) -> bool {
-        if let Some(t) = &self.touch {
-            t.store(now_ms, Ordering::Relaxed);
+        if let Some(s) = &self.service
+            && s.marks.last_used.load(Ordering::Relaxed) != now_ms
+        {
+            // Written only when it changed: a hit in the same millisecond leaves the line clean.
+            s.marks.last_used.store(now_ms, Ordering::Relaxed);
         }
         let n = self.records.len();
         let mut stack = [0u16; 64];
@@ -112,12 +134,14 @@ impl Answer {
                 n
             }
         };
-        let answer = wire::Picked { records: &self.records, order: &order[..take] };
+        let picked = wire::Picked { records: &self.records, order: &order[..take] };
+        // In their own order, all of them: one copy.
+        let answer: &dyn Records = if self.pick == Pick::All { &self.records } else { &picked };
         let sections = Sections {
             rcode: self.rcode,
             authoritative: self.authoritative,
             recursion_available: self.recursion_available,
-            answer: &answer,
+            answer,
             authority: &self.authority,
             additional: &self.additional,
             opt: OptOut { extended_rcode: 0, ede: self.ede.as_ref().map(|(c, t)| (*c, t.as_ref())) },

@@ -5,6 +5,8 @@
 //! and a query's question may not use compression (nothing precedes it to point at), which rules
 //! out pointer loops by construction.
 
+use smallvec::SmallVec;
+
 pub const TYPE_A: u16 = 1;
 pub const TYPE_NS: u16 = 2;
 pub const TYPE_CNAME: u16 = 5;
@@ -391,6 +393,16 @@ pub fn write_opt(opt: &OptOut, dnssec_ok: bool, out: &mut Vec<u8>) {
 pub trait Records {
     fn count(&self) -> usize;
     fn record(&self, i: usize) -> &[u8];
+    /// The length of all of them.
+    fn total(&self) -> usize {
+        (0..self.count()).map(|i| self.record(i).len()).sum()
+    }
+    /// Appends the first `n` of them to `out`.
+    fn write_all(&self, n: usize, out: &mut Vec<u8>) {
+        for i in 0..n {
+            out.extend_from_slice(self.record(i));
+        }
+    }
 }
 
 impl Records for &[&[u8]] {
@@ -402,18 +414,56 @@ impl Records for &[&[u8]] {
     }
 }
 
-impl Records for Vec<Vec<u8>> {
+/// Encoded records back to back in one buffer. A cached answer's records are read on every hit;
+/// one allocation each (as `Vec<Vec<u8>>` had) cost a cache miss per record on a path that
+/// touches thousands of answers between two hits of one (bench/README.md, *Profile*).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordSet {
+    bytes: Vec<u8>,
+    /// Where each record ends in `bytes`; inline up to 4 records (an instance per AZ of a
+    /// service in three), so no second allocation for them.
+    ends: SmallVec<[u32; 4]>,
+}
+
+impl RecordSet {
+    pub fn push(&mut self, record: impl AsRef<[u8]>) {
+        self.bytes.extend_from_slice(record.as_ref());
+        self.ends.push(self.bytes.len() as u32);
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    pub fn get(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
+        &self.bytes[start..self.ends[i] as usize]
+    }
+}
+
+impl Records for RecordSet {
     fn count(&self) -> usize {
         self.len()
     }
     fn record(&self, i: usize) -> &[u8] {
-        &self[i]
+        self.get(i)
+    }
+    fn total(&self) -> usize {
+        self.bytes.len()
+    }
+    fn write_all(&self, n: usize, out: &mut Vec<u8>) {
+        let end = if n == 0 { 0 } else { self.ends[n - 1] as usize };
+        out.extend_from_slice(&self.bytes[..end]);
     }
 }
 
 /// Some of `records`, in the order `order` gives.
 pub struct Picked<'a> {
-    pub records: &'a [Vec<u8>],
+    pub records: &'a RecordSet,
     pub order: &'a [u16],
 }
 
@@ -422,7 +472,15 @@ impl Records for Picked<'_> {
         self.order.len()
     }
     fn record(&self, i: usize) -> &[u8] {
-        &self.records[self.order[i] as usize]
+        self.records.get(self.order[i] as usize)
+    }
+    fn total(&self) -> usize {
+        // `order` never repeats a record: all of them in any order are all the bytes.
+        if self.order.len() == self.records.len() {
+            self.records.total()
+        } else {
+            (0..self.count()).map(|i| self.record(i).len()).sum()
+        }
     }
 }
 
@@ -437,10 +495,6 @@ pub struct Sections<'a> {
     pub opt: OptOut<'a>,
 }
 
-fn total(r: &dyn Records) -> usize {
-    (0..r.count()).map(|i| r.record(i).len()).sum()
-}
-
 /// Assembles a response to `q` into `out`, fitting it into `limit` bytes (RFC 2181 §9): additional
 /// records are dropped first, and TC is set only when the answer and authority sections do not fit,
 /// in which case they are left out whole. Returns whether TC was set. Allocates nothing beyond
@@ -449,7 +503,7 @@ pub fn write_response(q: &Query, s: &Sections, limit: usize, out: &mut Vec<u8>) 
     out.clear();
     let opt_len = if q.edns.is_some() { opt_len(&s.opt) } else { 0 };
     let base = HEADER_LEN + q.question.len() + opt_len;
-    let required = total(s.answer) + total(s.authority);
+    let required = s.answer.total() + s.authority.total();
     let truncated = base + required > limit;
     let (answers, authorities) = if truncated { (0, 0) } else { (s.answer.count(), s.authority.count()) };
     let mut room = limit.saturating_sub(base + if truncated { 0 } else { required });
@@ -484,15 +538,9 @@ pub fn write_response(q: &Query, s: &Sections, limit: usize, out: &mut Vec<u8>) 
     out.extend_from_slice(&(authorities as u16).to_be_bytes());
     out.extend_from_slice(&((additional + q.edns.is_some() as usize) as u16).to_be_bytes());
     out.extend_from_slice(q.question);
-    for i in 0..answers {
-        out.extend_from_slice(s.answer.record(i));
-    }
-    for i in 0..authorities {
-        out.extend_from_slice(s.authority.record(i));
-    }
-    for i in 0..additional {
-        out.extend_from_slice(s.additional.record(i));
-    }
+    s.answer.write_all(answers, out);
+    s.authority.write_all(authorities, out);
+    s.additional.write_all(additional, out);
     if let Some(e) = q.edns {
         write_opt(&s.opt, e.dnssec_ok, out);
     }
@@ -596,6 +644,47 @@ mod tests {
         assert!(write_response(&q, &s, 200, &mut out));
         assert_eq!(out[2] & 0x02, 0x02, "TC set");
         assert_eq!(u16::from_be_bytes([out[6], out[7]]), 0);
+    }
+
+    #[test]
+    fn record_sets_keep_each_record_and_write_in_the_order_picked() {
+        let p = query("x.y", TYPE_A, None);
+        let q = parse_query(&p).unwrap();
+        let mut set = RecordSet::default();
+        for r in [&[1u8][..], &[2, 2], &[3, 3, 3]] {
+            set.push(r);
+        }
+        assert_eq!(
+            (set.len(), set.get(0), set.get(1), set.get(2)),
+            (3, &[1u8][..], &[2u8, 2][..], &[3u8, 3, 3][..])
+        );
+        assert_eq!(set.total(), 6);
+        let base = HEADER_LEN + q.question.len();
+        let none = RecordSet::default();
+        let write = |answer: &dyn Records, additional: &dyn Records, limit: usize| {
+            let s = Sections {
+                rcode: 0,
+                authoritative: true,
+                recursion_available: false,
+                answer,
+                authority: &none,
+                additional,
+                opt: OptOut::default(),
+            };
+            let mut out = Vec::new();
+            write_response(&q, &s, limit, &mut out);
+            (
+                u16::from_be_bytes([out[6], out[7]]),
+                u16::from_be_bytes([out[10], out[11]]),
+                out[base..].to_vec(),
+            )
+        };
+        assert_eq!(write(&set, &none, 512), (3, 0, vec![1, 2, 2, 3, 3, 3]));
+        let picked = Picked { records: &set, order: &[2, 0] };
+        assert_eq!(picked.total(), 4);
+        assert_eq!(write(&picked, &none, 512), (2, 0, vec![3, 3, 3, 1]));
+        // Additional records are cut at a record's end: room for the first two only.
+        assert_eq!(write(&picked, &set, base + 4 + 3), (2, 2, vec![3, 3, 3, 1, 1, 2, 2]));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use dashmap::DashMap;
 
 use super::reply::Template;
+use crate::dns::answer::{Deps, deps_hold};
 
 /// One cached reply.
 #[derive(Debug)]
@@ -34,7 +35,7 @@ pub struct Entry {
     pub zones_generation: AtomicU64,
     /// Generations of namespace data it depends on (a fallthrough answer stops holding when the
     /// namespace learns the name).
-    pub deps: Vec<(Arc<AtomicU64>, u64)>,
+    pub deps: Deps,
     pub hits: AtomicU32,
     pub prefetching: AtomicBool,
     referenced: AtomicBool,
@@ -49,7 +50,7 @@ impl Entry {
         ttl: u32,
         stale_s: u64,
         zones_generation: u64,
-        deps: Vec<(Arc<AtomicU64>, u64)>,
+        deps: Deps,
     ) -> Entry {
         let expires = now_ms + ttl as u64 * 1000;
         Entry {
@@ -87,7 +88,7 @@ impl Entry {
     }
 
     pub fn deps_hold(&self) -> bool {
-        self.deps.iter().all(|(g, v)| g.load(Ordering::Acquire) == *v)
+        deps_hold(&self.deps)
     }
 
     fn size(&self, key: &[u8]) -> usize {
@@ -211,7 +212,7 @@ mod tests {
     use crate::forward::reply;
 
     fn entry(now: u64, ttl: u32) -> Entry {
-        Entry::new(reply::bare(&[0, 0, 1, 0, 1], 0), None, now, ttl, 0, 0, Vec::new())
+        Entry::new(reply::bare(&[0, 0, 1, 0, 1], 0), None, now, ttl, 0, 0, Deps::new())
     }
 
     #[test]

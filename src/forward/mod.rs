@@ -24,6 +24,7 @@ use tokio::sync::{Notify, watch};
 use self::cache::{Entry, ForwardCache};
 use self::reply::{Kind, Ttls};
 use self::upstream::{Failure, UpstreamSettings, Upstreams};
+use crate::dns::answer::Deps;
 use crate::dns::wire::{self, Query};
 use crate::metrics;
 
@@ -105,7 +106,7 @@ struct Request {
     dnssec_ok: bool,
     checking_disabled: bool,
     zones_generation: u64,
-    deps: Vec<(Arc<AtomicU64>, u64)>,
+    deps: Deps,
 }
 
 pub struct Forwarder {
@@ -306,7 +307,7 @@ impl Forwarder {
         key: &[u8],
         target: Arc<LoopTarget>,
         zones_generation: u64,
-        deps: Vec<(Arc<AtomicU64>, u64)>,
+        deps: Deps,
         limit: usize,
         out: &mut Vec<u8>,
     ) -> Served {
