@@ -109,7 +109,8 @@ impl Cached {
         Cached { answer, marks }
     }
 
-    /// `Answer::is_current`, reading the service's generation through the slot's own pointer.
+    /// Whether the answer still holds: its service's generation (read through the slot's own
+    /// pointer) and its zone and catalog generations.
     fn is_current(&self) -> bool {
         let service_holds = match (&self.marks, &self.answer.service) {
             (Some(m), Some(s)) => m.generation.load(Ordering::Acquire) == s.generation,
