@@ -94,13 +94,17 @@ impl Answer {
     }
 
     /// Writes the response to `q` into `out`, within `limit` bytes. Returns whether TC was set.
-    /// Besides `out`, nothing is allocated unless the answer has over 64 records.
+    /// Besides `out`, nothing is allocated unless a shuffled or sampled answer has over 64 records.
     pub fn write(&self, q: &Query, limit: usize, now_ms: u64, out: &mut Vec<u8>) -> bool {
         if let Some(s) = &self.service
             && s.marks.last_used.load(Ordering::Relaxed) != now_ms
         {
             // Written only when it changed: a hit in the same millisecond leaves the line clean.
             s.marks.last_used.store(now_ms, Ordering::Relaxed);
+        }
+        if self.pick == Pick::All {
+            // In their own order, all of them: one copy, no order to draw.
+            return self.write_with(q, &self.records, limit, out);
         }
         let n = self.records.len();
         let mut stack = [0u16; 64];
@@ -115,11 +119,6 @@ impl Answer {
             *slot = i as u16;
         }
         let take = match self.pick {
-            Pick::All => n,
-            Pick::Shuffle => {
-                order.shuffle(&mut rand::rng());
-                n
-            }
             Pick::Sample(k) if k > 0 && k < n => {
                 let mut rng = rand::rng();
                 // A partial Fisher-Yates: the first k slots end up a uniform random sample.
@@ -129,14 +128,15 @@ impl Answer {
                 }
                 k
             }
-            Pick::Sample(_) => {
+            Pick::All | Pick::Shuffle | Pick::Sample(_) => {
                 order.shuffle(&mut rand::rng());
                 n
             }
         };
-        let picked = wire::Picked { records: &self.records, order: &order[..take] };
-        // In their own order, all of them: one copy.
-        let answer: &dyn Records = if self.pick == Pick::All { &self.records } else { &picked };
+        self.write_with(q, &wire::Picked { records: &self.records, order: &order[..take] }, limit, out)
+    }
+
+    fn write_with(&self, q: &Query, answer: &dyn Records, limit: usize, out: &mut Vec<u8>) -> bool {
         let sections = Sections {
             rcode: self.rcode,
             authoritative: self.authoritative,
