@@ -4,7 +4,7 @@
 # (../shared/bench-peers: demo. zone, 1,000 names x 3 A, 100 SRV owners x 2; up.test. upstream).
 #
 #   cargo build --release --bin cloudmap-dns --example load-zone --example loadgen
-#   bench/half-load.sh                  # RUNS=3 DURATION=8 WORKLOADS="a srv nx fwd-a fwd-miss"
+#   bench/half-load.sh                  # RUNS=3 DURATION=8 WORKLOADS="a srv nx fwd-a fwd-miss" CONTROL=0
 #
 # Workloads (each: a peer beside cloudmap-dns):
 #   a, srv     cached zone answers, A and SRV                       NSD        | zone mode
@@ -24,6 +24,10 @@
 # its processes' CPU time over the seconds it was loaded; steal ms is CPU 0's over the whole
 # run, both servers' turns. "p99 lost=late" counts every query sent, a lost one as later than
 # any answer (inf: over 1% lost): a server that drops what it is late to read sheds its tail.
+# A last table pools each server's common-rate runs: percentiles over all their queries. One run's
+# p99 turns on which server's turns the steal fell in; the pooled one much less. CONTROL=1 adds a
+# second cloudmap-dns, the same build, to the zone workloads: how far two copies of one server
+# differ is the noise that any comparison here has to exceed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEERS=${BENCH_PEERS:-$ROOT/../shared/bench-peers}
@@ -38,6 +42,8 @@ NSD_PORT=${NSD_PORT:-5393}
 CM_PORT=${CM_PORT:-5391}
 UB_PORT=${UB_PORT:-5394}
 CMF_PORT=${CMF_PORT:-5392}
+CM2_PORT=${CM2_PORT:-5396}
+CONTROL=${CONTROL:-0}
 UP_PORT=${UP_PORT:-5395}
 for t in nsd unbound dig taskset setsid; do command -v $t >/dev/null || { echo "missing $t" >&2; exit 1; }; done
 [ -x "$LOADGEN" ] || { echo "build first: cargo build --release --bin cloudmap-dns --example load-zone --example loadgen" >&2; exit 1; }
@@ -60,6 +66,10 @@ conf unbound-fwd.conf.in "$WORK/ub" "$UB_PORT" >"$WORK/ub/unbound.conf"
 launch "$WORK/ub" "$SRV_CPU" unbound -d -c "$WORK/ub/unbound.conf"
 PERF_PORT=$CM_PORT PERF_MODE=zone PERF_ZONE_NAME=demo. PERF_ZONE_FILE=$GEN/demo.zone PERF_RUN_DIR=$WORK/cm \
     launch "$WORK/cm" "$SRV_CPU" "$ROOT/bench/candidate.sh"
+if [ "$CONTROL" = 1 ]; then
+    PERF_PORT=$CM2_PORT PERF_MODE=zone PERF_ZONE_NAME=demo. PERF_ZONE_FILE=$GEN/demo.zone PERF_RUN_DIR=$WORK/cm2 \
+        launch "$WORK/cm2" "$SRV_CPU" "$ROOT/bench/candidate.sh"
+fi
 PERF_PORT=$CMF_PORT PERF_MODE=fwd PERF_UPSTREAM=127.0.0.1:$UP_PORT PERF_RUN_DIR=$WORK/cmf \
     launch "$WORK/cmf" "$SRV_CPU" "$ROOT/bench/candidate.sh"
 
@@ -71,7 +81,7 @@ ready() { # port name
     return 1
 }
 for s in nsd:$NSD_PORT:svc0.demo up:$UP_PORT:svc0.up.test ub:$UB_PORT:svc0.up.test \
-    cm:$CM_PORT:svc0.demo cmf:$CMF_PORT:svc0.up.test; do
+    cm:$CM_PORT:svc0.demo cmf:$CMF_PORT:svc0.up.test $([ "$CONTROL" = 1 ] && echo cm2:$CM2_PORT:svc0.demo); do
     IFS=: read -r dir port probe <<<"$s"
     ready "$port" "$probe" || { echo "$dir did not start" >&2; cat "$WORK/$dir/out" >&2; exit 1; }
 done
@@ -115,7 +125,10 @@ printf '| server | workload | saturation q/s | load | run | q/s | lost | server 
 printf '|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 for wl in $WORKLOADS; do
     case "$wl" in
-    a | srv | nx) servers="nsd:$NSD_PORT cloudmap-dns:$CM_PORT" ;;
+    a | srv | nx)
+        servers="nsd:$NSD_PORT cloudmap-dns:$CM_PORT"
+        [ "$CONTROL" = 1 ] && servers="$servers cloudmap-dns-copy:$CM2_PORT"
+        ;;
     fwd-a | fwd-miss) servers="unbound:$UB_PORT cloudmap-dns:$CMF_PORT" ;;
     *) echo "unknown workload $wl" >&2; exit 2 ;;
     esac
@@ -142,7 +155,9 @@ for wl in $WORKLOADS; do
                 d0[$name]=$(drops "$port") c0[$name]=$(cpu_ms "$port")
             done
             s0=$(steal_ms)
-            out=$("$LOADGEN" "$addrs" "$(queries "$wl" "$max" "$DURATION")" "$DURATION" "$rates" "$LOAD_CPU" "$TURN_MS")
+            pool=
+            [ "$kind" = common ] && pool=$WORK/pool/$wl && mkdir -p "$pool"
+            out=$(LOADGEN_POOL=$pool "$LOADGEN" "$addrs" "$(queries "$wl" "$max" "$DURATION")" "$DURATION" "$rates" "$LOAD_CPU" "$TURN_MS")
             s1=$(steal_ms)
             for s in $servers; do
                 name=${s%%:*} port=${s##*:}
@@ -168,4 +183,19 @@ for wl in $WORKLOADS; do
         done
     done
     unset sat
+done
+echo
+echo "Pooled over the $RUNS common-rate runs of each workload:"
+echo
+printf '| server | workload | queries | lost | p50 ms | p99 ms | p99 lost=late ms | p99.9 ms |\n'
+printf '|---|---|---:|---:|---:|---:|---:|---:|\n'
+for wl in $WORKLOADS; do
+    for s in nsd:$NSD_PORT unbound:$UB_PORT cloudmap-dns:$CM_PORT cloudmap-dns:$CMF_PORT cloudmap-dns-copy:$CM2_PORT; do
+        name=${s%%:*} f=$WORK/pool/$wl/127.0.0.1:${s##*:}.pool
+        [ -e "$f" ] || continue
+        line=$("$LOADGEN" pooled "$f")
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$name" "$wl" "$(echo "$line" | field sent)" \
+            "$(echo "$line" | field lost)" "$(echo "$line" | field p50_ms)" "$(echo "$line" | field p99_ms)" \
+            "$(echo "$line" | field p99_sent_ms)" "$(echo "$line" | field p999_ms)"
+    done
 done

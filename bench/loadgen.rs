@@ -10,6 +10,11 @@
 //! Several servers (and a rate each, or one for all) are loaded in turn, SLICE_MS each (default
 //! 20), until each has had SECONDS of load: servers that share a CPU then share its
 //! interruptions. One line per server, `server ADDRESS` first.
+//!
+//! With `LOADGEN_POOL=DIR`, each server's run is also added to `DIR/ADDRESS.pool`, and
+//! `loadgen pooled FILE` prints the line of every run added there as one: percentiles over all
+//! their queries, steadier from run to run than any one run's (a run's p99 turns on which server's
+//! turns the hypervisor's steal happened to fall in).
 
 #[path = "udp_load.rs"]
 mod udp_load;
@@ -19,6 +24,17 @@ use std::time::Duration;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if let [cmd, file] = args.as_slice()
+        && cmd == "pooled"
+    {
+        let report = std::fs::read_to_string(file).ok().and_then(|t| udp_load::Report::from_text(&t));
+        let Some(report) = report else {
+            eprintln!("loadgen: {file} is not a pool file");
+            std::process::exit(2);
+        };
+        println!("{}", report.line());
+        return;
+    }
     let [servers, file, seconds, rates, rest @ ..] = args.as_slice() else {
         eprintln!("usage: loadgen SERVER[,SERVER...] QUERY_FILE SECONDS RATE|max[,RATE...] [CPU [SLICE_MS]]");
         std::process::exit(2);
@@ -65,6 +81,21 @@ fn main() {
         None => Duration::from_millis(20),
     };
     let reports = udp_load::run_interleaved(&targets, &queries, duration, slice);
+    if let Some(dir) = std::env::var("LOADGEN_POOL").ok().filter(|d| !d.is_empty()) {
+        for (target, report) in targets.iter().zip(&reports) {
+            let path = std::path::Path::new(&dir).join(format!("{}.pool", target.server));
+            let pooled = match std::fs::read_to_string(&path) {
+                Ok(text) => match udp_load::Report::from_text(&text) {
+                    Some(before) => before.merge(report.clone()),
+                    None => fail(&format!("{} is not a pool file", path.display())),
+                },
+                Err(_) => report.clone(),
+            };
+            if let Err(e) = std::fs::write(&path, pooled.to_text()) {
+                fail(&format!("{}: {e}", path.display()));
+            }
+        }
+    }
     if let [report] = reports.as_slice() {
         println!("{}", report.line());
     } else {

@@ -22,6 +22,7 @@ pub enum Pace {
     Window(usize),
 }
 
+#[derive(Clone)]
 pub struct Report {
     pub seconds: f64,
     pub sent: u64,
@@ -88,6 +89,43 @@ impl Report {
             *a += b;
         }
         self
+    }
+
+    /// The report as text, for `from_text`: the counts on the first line, then one line per
+    /// latency bucket that holds any answer (`us count`).
+    pub fn to_text(&self) -> String {
+        let mut t = format!(
+            "{} {} {} {} {} {} {}\n",
+            self.seconds, self.sent, self.received, self.bad, self.nxdomain, self.client_drops, self.max_owed
+        );
+        for (us, n) in self.hist.iter().enumerate().filter(|(_, n)| **n > 0) {
+            t.push_str(&format!("{us} {n}\n"));
+        }
+        t
+    }
+
+    /// A report written by `to_text`; None if the text is not one.
+    pub fn from_text(text: &str) -> Option<Report> {
+        let mut lines = text.lines();
+        let head: Vec<&str> = lines.next()?.split_whitespace().collect();
+        let [seconds, sent, received, bad, nxdomain, client_drops, max_owed] = head.as_slice() else {
+            return None;
+        };
+        let mut hist = vec![0; MAX_US + 1];
+        for line in lines {
+            let (us, n) = line.split_once(' ')?;
+            *hist.get_mut(us.parse::<usize>().ok()?)? = n.parse().ok()?;
+        }
+        Some(Report {
+            seconds: seconds.parse().ok()?,
+            sent: sent.parse().ok()?,
+            received: received.parse().ok()?,
+            bad: bad.parse().ok()?,
+            nxdomain: nxdomain.parse().ok()?,
+            client_drops: client_drops.parse().ok()?,
+            max_owed: max_owed.parse().ok()?,
+            hist,
+        })
     }
 
     pub fn line(&self) -> String {
