@@ -609,3 +609,45 @@ fn steal_ticks(cpu: usize) -> Option<u64> {
     let line = stat.lines().find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
     line.split_whitespace().nth(8)?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(latencies_us: &[usize], sent: u64) -> Report {
+        let mut hist = vec![0; MAX_US + 1];
+        for &us in latencies_us {
+            hist[us] += 1;
+        }
+        let received = latencies_us.len() as u64;
+        Report { seconds: 1.0, sent, received, bad: 0, nxdomain: 0, client_drops: 0, max_owed: 3, hist }
+    }
+
+    #[test]
+    fn pooled_runs_keep_every_count_and_give_the_percentiles_of_all_their_queries() {
+        // 99 fast answers in one run, 99 slow ones and a lost query in the other.
+        let fast = report(&[10; 99], 99);
+        let slow = report(&[5_000; 99], 100);
+        let text = fast.clone().merge(slow).to_text();
+        let pooled = Report::from_text(&text).expect("a pool file reads back");
+        assert_eq!((pooled.sent, pooled.received, pooled.lost(), pooled.max_owed), (199, 198, 1, 3));
+        assert_eq!(pooled.seconds, 2.0);
+        // Of the 198 answers the 99th is the last fast one, the 100th the first slow one.
+        assert_eq!(pooled.percentile_ms(0.5), 0.01);
+        assert_eq!(pooled.percentile_ms(0.51), 5.0);
+        assert_eq!(
+            pooled.percentile_of_sent_ms(0.999),
+            f64::INFINITY,
+            "the lost query is later than any answer"
+        );
+        assert_eq!(Report::from_text(&pooled.to_text()).map(|r| r.to_text()), Some(text));
+    }
+
+    #[test]
+    fn text_that_is_not_a_pool_file_is_refused() {
+        assert!(Report::from_text("").is_none());
+        assert!(Report::from_text("1 2 3").is_none());
+        assert!(Report::from_text("1 2 3 4 5 6 7\n10 x\n").is_none());
+        assert!(Report::from_text("1 2 3 4 5 6 7\n999999999 1\n").is_none(), "a bucket past the histogram");
+    }
+}
