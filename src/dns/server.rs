@@ -425,18 +425,30 @@ fn serve_udp_thread(
     let sink = Sink::Thread(socket.clone());
     let mut received = RecvBatch::default();
     let mut replies = SendBatch::default();
+    let cache = engine.cache().clone();
+    // Whether the last receive filled the batch: more queries wait behind it.
+    let mut queued = false;
+    let mut note = |full: bool| {
+        if full != queued {
+            queued = full;
+            cache.backlog().mark(full);
+        }
+    };
     // Until told to stop (or the sender is gone).
     while !*stopped.borrow() && stopped.has_changed().is_ok() {
         let n = match received.recv_blocking(fd) {
             Ok(n) => n,
             Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                note(false);
                 continue;
             }
             Err(e) => {
                 tracing::debug!(error = %e, "UDP receive failed");
+                note(false);
                 continue;
             }
         };
+        note(n == super::mmsg::BATCH);
         let limit = limiter.load();
         for i in 0..n {
             let Some((packet, peer)) = received.get(i) else { continue };
@@ -462,6 +474,7 @@ fn serve_udp_thread(
         drop(limit);
         replies.flush_blocking(fd);
     }
+    note(false);
 }
 
 async fn reply(
