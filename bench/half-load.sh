@@ -86,11 +86,6 @@ for s in nsd:$NSD_PORT:svc0.demo up:$UP_PORT:svc0.up.test ub:$UB_PORT:svc0.up.te
     ready "$port" "$probe" || { echo "$dir did not start" >&2; cat "$WORK/$dir/out" >&2; exit 1; }
 done
 
-# Queries the server's own sockets dropped (receive buffer full), from the kernel's per-socket
-# counter: tells loss at the server from loss anywhere else.
-drops() { # port
-    awk -v p="$(printf ':%04X' "$1")" '$2 ~ p"$" { d += $NF } END { print d + 0 }' /proc/net/udp /proc/net/udp6
-}
 # Time the hypervisor kept the server's CPU (steal, ms): a run it touched shows loss or a tail
 # that no server on that CPU could have avoided.
 steal_ms() {

@@ -1,6 +1,7 @@
 # Sourced by the benchmark scripts: a work directory, and processes launched in their own session
-# and pinned to a CPU, all stopped (and the directory removed) when the script exits; and the CPU
-# time of the server on a port.
+# and pinned to a CPU, all stopped (and the directory removed) when the script exits; the CPU
+# time of the server on a port and the queries its sockets dropped; a registry with the demo
+# zone for aws-backend servers, and their Cloud Map call count.
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -24,4 +25,26 @@ cpu_ms() { # port
         t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
     done
     echo $((t * 1000 / $(getconf CLK_TCK)))
+}
+# A registry (a cloudmap-dns with the embedded backend, pinned to CPU 1) holding the harness's
+# demo zone (1,100 services, data in $WORK/gen), and $WORK/aws.toml: the config of an aws-backend
+# server against it (refresh 1 s, one UDP worker). Needs ROOT and PEERS.
+demo_registry() { # api-port dns-port
+    bash "$PEERS/gen-data.sh" "$WORK/gen" >/dev/null
+    printf '[dns]\nudp_workers = 1\n[registry.quotas]\ninstances_per_namespace = 100000\n' >"$WORK/reg.toml"
+    launch "$WORK/reg" 1 "$ROOT/target/release/cloudmap-dns" serve --config "$WORK/reg.toml" --data-dir "$WORK/reg/data" \
+        --metrics-listen 127.0.0.1:0 --api-listen "127.0.0.1:$1" --dns-listen "127.0.0.1:$2" --log-level info
+    for _ in $(seq 100); do grep -q "listening for Cloud Map API" "$WORK/reg/out" && break; sleep 0.1; done
+    "$ROOT/target/release/examples/load-zone" --endpoint "http://127.0.0.1:$1" zone demo "$WORK/gen/demo.zone" >/dev/null
+    printf '[dns]\nudp_workers = 1\n[backend]\nkind = "aws"\nendpoint_url = "http://127.0.0.1:%s"\nrefresh_ms = 1000\nrate_limit = 2500\n[[dns.zones]]\nzone = "demo"\nnamespace = "demo"\n' \
+        "$1" >"$WORK/aws.toml"
+}
+# The Cloud Map calls an aws-backend server has made, from its metrics.
+backend_calls() { # metrics-port
+    curl -s "127.0.0.1:$1/metrics" | awk '/^cloudmap_dns_backend_requests_total/ { s += $NF } END { printf "%d", s }'
+}
+# Queries the server's own sockets dropped (receive buffer full), from the kernel's per-socket
+# counter: tells loss at the server from loss anywhere else.
+drops() { # port
+    awk -v p="$(printf ':%04X' "$1")" '$2 ~ p"$" { d += $NF } END { print d + 0 }' /proc/net/udp /proc/net/udp6
 }

@@ -13,14 +13,7 @@ BIN=${1:-$ROOT/target/release/cloudmap-dns}
 REG_API=${REG_API:-5597} REG_DNS=${REG_DNS:-5598} AWS_DNS=${AWS_DNS:-5595} AWS_METRICS=${AWS_METRICS:-5596}
 # shellcheck source=bench/procs.sh
 . "$ROOT/bench/procs.sh"
-bash "$PEERS/gen-data.sh" "$WORK/gen" >/dev/null
-printf '[dns]\nudp_workers = 1\n[registry.quotas]\ninstances_per_namespace = 100000\n' >"$WORK/reg.toml"
-launch "$WORK/reg" 1 "$BIN" serve --config "$WORK/reg.toml" --data-dir "$WORK/reg/data" --metrics-listen 127.0.0.1:0 \
-    --api-listen "127.0.0.1:$REG_API" --dns-listen "127.0.0.1:$REG_DNS" --log-level info
-for _ in $(seq 100); do grep -q "listening for Cloud Map API" "$WORK/reg/out" && break; sleep 0.1; done
-"$ROOT/target/release/examples/load-zone" --endpoint "http://127.0.0.1:$REG_API" zone demo "$WORK/gen/demo.zone" >/dev/null
-printf '[dns]\nudp_workers = 1\n[backend]\nkind = "aws"\nendpoint_url = "http://127.0.0.1:%s"\nrefresh_ms = 1000\nrate_limit = 2500\n[[dns.zones]]\nzone = "demo"\nnamespace = "demo"\n' \
-    "$REG_API" >"$WORK/aws.toml"
+demo_registry "$REG_API" "$REG_DNS"
 launch "$WORK/aws" 0 env AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1 \
     AWS_EC2_METADATA_DISABLED=true TOKIO_WORKER_THREADS=1 "$BIN" serve --config "$WORK/aws.toml" \
     --data-dir "$WORK/aws/data" --metrics-listen "127.0.0.1:$AWS_METRICS" --api-listen 127.0.0.1:0 \
@@ -29,10 +22,9 @@ sleep 1
 for _ in 1 2 3; do
     "$ROOT/target/release/examples/loadgen" "127.0.0.1:$AWS_DNS" "$WORK/gen/q-demo-a.txt" 2 2000 1 >/dev/null
 done
-calls() { curl -s "127.0.0.1:$AWS_METRICS/metrics" | awk '/^cloudmap_dns_backend_requests_total/ { s += $NF } END { printf "%d", s }'; }
 sleep 3
-c0=$(calls) t0=$(cpu_ms "$AWS_DNS")
+c0=$(backend_calls "$AWS_METRICS") t0=$(cpu_ms "$AWS_DNS")
 sleep 10
-c1=$(calls) t1=$(cpu_ms "$AWS_DNS")
+c1=$(backend_calls "$AWS_METRICS") t1=$(cpu_ms "$AWS_DNS")
 awk -v c=$((c1 - c0)) -v t=$((t1 - t0)) \
     'BEGIN { printf "calls/s %.0f  CPU per call %.0f us\n", c / 10, (c ? t * 1000 / c : 0) }'

@@ -19,16 +19,7 @@ REG_API=${REG_API:-5597} REG_DNS=${REG_DNS:-5598} AWS_DNS=${AWS_DNS:-5595} AWS_M
 LOADGEN=$ROOT/target/release/examples/loadgen
 # shellcheck source=bench/procs.sh
 . "$ROOT/bench/procs.sh"
-bash "$PEERS/gen-data.sh" "$WORK/gen" >/dev/null
-printf '[dns]\nudp_workers = 1\n[registry.quotas]\ninstances_per_namespace = 100000\n' >"$WORK/reg.toml"
-launch "$WORK/reg" 1 "$ROOT/target/release/cloudmap-dns" serve --config "$WORK/reg.toml" --data-dir "$WORK/reg/data" \
-    --metrics-listen 127.0.0.1:0 --api-listen "127.0.0.1:$REG_API" --dns-listen "127.0.0.1:$REG_DNS" --log-level info
-for _ in $(seq 100); do grep -q "listening for Cloud Map API" "$WORK/reg/out" && break; sleep 0.1; done
-"$ROOT/target/release/examples/load-zone" --endpoint "http://127.0.0.1:$REG_API" zone demo "$WORK/gen/demo.zone" >/dev/null
-printf '[dns]\nudp_workers = 1\n[backend]\nkind = "aws"\nendpoint_url = "http://127.0.0.1:%s"\nrefresh_ms = 1000\nrate_limit = 2500\n[[dns.zones]]\nzone = "demo"\nnamespace = "demo"\n' \
-    "$REG_API" >"$WORK/aws.toml"
-calls() { curl -s "127.0.0.1:$AWS_METRICS/metrics" | awk '/^cloudmap_dns_backend_requests_total/ { s += $NF } END { printf "%d", s }'; }
-drops() { awk -v p="$(printf ':%04X' "$1")" '$2 ~ p"$" { d += $NF } END { print d + 0 }' /proc/net/udp /proc/net/udp6; }
+demo_registry "$REG_API" "$REG_DNS"
 field() { awk -v k="$1" '{ for (i = 1; i < NF; i++) if ($i == k) print $(i + 1) }'; }
 stall=$(awk -v m="$STALL_MS" 'BEGIN { print m / 1000 }')
 rest=$(awk -v p="$PERIOD_MS" -v m="$STALL_MS" 'BEGIN { print (p - m) / 1000 }')
@@ -45,7 +36,7 @@ for run in $(seq "$RUNS"); do
         # Every service asked for: all of them refreshed from now on.
         for _ in 1 2 3; do "$LOADGEN" "127.0.0.1:$AWS_DNS" "$WORK/gen/q-demo-a.txt" 2 2000 1 >/dev/null; done
         sleep 3
-        c0=$(calls) d0=$(drops "$AWS_DNS")
+        c0=$(backend_calls "$AWS_METRICS") d0=$(drops "$AWS_DNS")
         (
             end=$((SECONDS + DURATION))
             sleep 0.3
@@ -60,7 +51,7 @@ for run in $(seq "$RUNS"); do
         out=$("$LOADGEN" "127.0.0.1:$AWS_DNS" "$WORK/gen/q-demo-a.txt" "$DURATION" "$RATE" 1)
         wait "$stopper" || true
         kill -CONT -- "-$pid" 2>/dev/null || true
-        c1=$(calls) d1=$(drops "$AWS_DNS")
+        c1=$(backend_calls "$AWS_METRICS") d1=$(drops "$AWS_DNS")
         echo "run $run $bin: refresh calls/s $(((c1 - c0) / DURATION)), dropped at the server $((d1 - d0)), load: q/s $(echo "$out" | field qps) lost $(echo "$out" | field lost) p99 ms $(echo "$out" | field p99_ms) p99.9 ms $(echo "$out" | field p999_ms)"
         kill -TERM -- "-$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
