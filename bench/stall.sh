@@ -3,10 +3,10 @@
 # a cloudmap-dns registry (CPU 1) holds the harness's demo zone (1,100 services); an aws-backend
 # cloudmap-dns (CPU 0, refresh_ms 1000: ~1,000 Cloud Map calls/s on the same core as its UDP
 # thread) takes open-loop load from CPU 1 while the whole process is stopped (SIGSTOP) for
-# STALL_MS every PERIOD_MS. Stops injected the same way for every build make builds comparable
-# where the hypervisor's own steal differs from run to run. Each build gets a fresh server per
-# run, in turns; one line per run: its refresh calls/s, the queries dropped at its socket, the
-# load's loss and latency.
+# STALL_MS every PERIOD_MS (STALL_MS=0: never). Stops injected the same way for every build make
+# builds comparable where the hypervisor's own steal differs from run to run. Each build gets a
+# fresh server per run, in turns; one line per run: its refresh calls/s, the queries dropped at
+# its socket, the load's loss and latency.
 #
 #   cargo build --release --bin cloudmap-dns --example load-zone --example loadgen
 #   bench/stall.sh [BINARY...]     # RUNS=3 DURATION=8 RATE=116000 STALL_MS=85 PERIOD_MS=1000
@@ -37,19 +37,24 @@ for run in $(seq "$RUNS"); do
         for _ in 1 2 3; do "$LOADGEN" "127.0.0.1:$AWS_DNS" "$WORK/gen/q-demo-a.txt" 2 2000 1 >/dev/null; done
         sleep 3
         c0=$(backend_calls "$AWS_METRICS") d0=$(drops "$AWS_DNS")
-        (
-            end=$((SECONDS + DURATION))
-            sleep 0.3
-            while [ $SECONDS -lt $end ]; do
-                kill -STOP -- "-$pid"
-                sleep "$stall"
-                kill -CONT -- "-$pid"
-                sleep "$rest"
-            done
-        ) &
-        stopper=$!
+        stopper=
+        if [ "$STALL_MS" -gt 0 ]; then
+            (
+                sleep 0.3
+                while true; do
+                    kill -STOP -- "-$pid"
+                    sleep "$stall"
+                    kill -CONT -- "-$pid"
+                    sleep "$rest"
+                done
+            ) &
+            stopper=$!
+        fi
         out=$("$LOADGEN" "127.0.0.1:$AWS_DNS" "$WORK/gen/q-demo-a.txt" "$DURATION" "$RATE" 1)
-        wait "$stopper" || true
+        if [ -n "$stopper" ]; then
+            kill "$stopper" 2>/dev/null || true
+            wait "$stopper" 2>/dev/null || true
+        fi
         kill -CONT -- "-$pid" 2>/dev/null || true
         c1=$(backend_calls "$AWS_METRICS") d1=$(drops "$AWS_DNS")
         echo "run $run $bin: refresh calls/s $(((c1 - c0) / DURATION)), dropped at the server $((d1 - d0)), load: q/s $(echo "$out" | field qps) lost $(echo "$out" | field lost) p99 ms $(echo "$out" | field p99_ms) p99.9 ms $(echo "$out" | field p999_ms)"
