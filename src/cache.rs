@@ -1196,18 +1196,9 @@ mod tests {
         let svc = crate::registry::test_service(&r, None);
         register(&r, &svc, "a", "10.0.0.1");
 
-        let settings = CacheSettings {
-            refresh: Duration::from_secs(5),
-            health_refresh: Duration::from_secs(60),
-            idle_timeout: Duration::from_secs(600),
-            max_stale: Duration::from_secs(3600),
-            catalog_refresh: Duration::from_secs(60),
-            rate_limit: 100.0,
-            snapshot: None,
-        };
         let cache = Cache::new(
             Arc::new(Embedded::new(r.clone())),
-            settings,
+            settings(Duration::from_secs(5)),
             ZoneSource { explicit: Vec::new(), automatic: None },
         );
         cache.start().await;
