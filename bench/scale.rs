@@ -13,7 +13,10 @@
 //!   the time from DeregisterInstance returning to the first DNS answer without the instance:
 //!   p50/p99/max, for the embedded backend (target 10 ms) and the aws backend (target
 //!   refresh_ms + 50 ms); and in how many samples the first query after the return was already
-//!   answered without it, beside the load's own p99 round trip (the floor of any sample).
+//!   answered without it, beside the load's own p99 round trip (the floor of any sample). Also
+//!   the share of the core each of the server's threads used, and the first 100 ms windows in
+//!   which its socket dropped queries, with its threads' CPU in each and the time since the last
+//!   registry write: where a loss comes from.
 //!
 //! The server under test is pinned to CPU 0 and the load generator to CPU 1 where there are two
 //! (in freshness, the aws server's Cloud Map too). The freshness probe is left to the scheduler: on
@@ -294,7 +297,8 @@ async fn freshness_under_load(
     // FRESH_LOAD_QPS fixes the load, to compare builds at one rate when saturation readings differ.
     let rate = env_or("FRESH_LOAD_QPS", sat.qps() / 2.0);
     let server_drops_before = udp_load::socket_drops(server.port());
-    let steal = udp_load::StealWatch::start(SERVER_CPU);
+    let watch_start = Instant::now();
+    let steal = udp_load::StealWatch::watching(SERVER_CPU, Some((server.port(), metrics.child.id())));
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let load = std::thread::spawn(move || {
@@ -318,6 +322,8 @@ async fn freshness_under_load(
     // Samples whose first query after DeregisterInstance returned was already answered without
     // the instance: the data was current at the return, and the time is one query's round trip.
     let mut first_fresh = 0;
+    // When each write returned, to set the drop windows beside them.
+    let mut writes = Vec::new();
     for i in 0..samples {
         let id = format!("probe{i}");
         let ip = Ipv4Addr::new(10, 250, (i >> 8) as u8, i as u8);
@@ -327,10 +333,12 @@ async fn freshness_under_load(
             .instance_id(&id)
             .attributes("AWS_INSTANCE_IPV4", ip.to_string());
         r.send().await.expect("register");
+        writes.push(Instant::now());
         until_answer(server, name, poll, wait, |a| a.contains(&ip)).expect("the probe instance shows");
         tokio::time::sleep(phase.mul_f64(rand::random::<f64>())).await;
         c.deregister_instance().service_id(service_id).instance_id(&id).send().await.expect("deregister");
         let returned = Instant::now();
+        writes.push(returned);
         let (at, first) =
             until_answer(server, name, poll, wait, |a| !a.contains(&ip)).expect("the probe instance goes");
         got.push(at.saturating_duration_since(returned));
@@ -368,6 +376,19 @@ async fn freshness_under_load(
         "  {what}: {first_fresh} of {samples} samples answered without the instance at the first query; the load's own p99 round trip {:.2} ms",
         load.percentile_ms(0.99)
     );
+    let threads: Vec<String> = steal.threads.iter().map(|(n, pct)| format!("{n} {pct:.0}%")).collect();
+    println!("  {what}: the server's threads used, of one CPU over the run: {}", threads.join(", "));
+    // The first windows say when the loss began and beside what; the count says how long.
+    const SHOWN: usize = 12;
+    if steal.drops.len() > SHOWN {
+        println!("  {what}: queries dropped in {} windows of 100 ms, the first {SHOWN}:", steal.drops.len());
+    }
+    for w in steal.drops.iter().take(SHOWN) {
+        let at = watch_start + Duration::from_millis(w.at_ms);
+        let last_write = writes.iter().rev().find(|&&t| t <= at).map(|&t| (at - t).as_millis());
+        let since = last_write.map_or("no write before".into(), |ms| format!("{ms} ms after a write"));
+        println!("  {what}: drops {} ({since})", w.to_text());
+    }
     if calls.revisions > 0.0 {
         println!(
             "  {what}: during the run, {:.0} DiscoverInstancesRevision calls/s, mean {:.2} ms; DiscoverInstances mean {:.2} ms",

@@ -560,21 +560,58 @@ pub fn socket_drops(port: u16) -> u64 {
 /// Time the hypervisor kept one CPU from this machine (steal, /proc/stat) while it runs, sampled
 /// every 100 ms. A vCPU taken away for 100 ms leaves the sockets of the server on it unread that
 /// long: loss and tail latency that no server there could avoid, so the benches report it.
+/// Given a server (its UDP port and pid), it also keeps the windows in which the server's socket
+/// dropped queries, with the CPU each of the server's threads used in that window and the one
+/// before: when and beside what the loss fell.
 pub struct StealWatch {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Steal>,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Steal {
     /// Stolen in all, ms.
     pub total_ms: u64,
     /// The most stolen within one 100 ms sample, ms.
     pub worst_ms: u64,
+    /// The samples in which the watched socket dropped queries.
+    pub drops: Vec<DropWindow>,
+    /// CPU of each of the watched server's threads over the whole watch, as a share of it.
+    pub threads: Vec<(String, f64)>,
+}
+
+/// A 100 ms sample in which the watched server's socket dropped queries.
+#[derive(Debug, Clone)]
+pub struct DropWindow {
+    /// When the sample ended, from the start of the watch.
+    pub at_ms: u64,
+    pub dropped: u64,
+    pub stolen_ms: u64,
+    /// CPU ms of each of the server's threads (by name) in this sample and in the one before.
+    pub threads: Vec<(String, u64, u64)>,
+}
+
+impl DropWindow {
+    pub fn to_text(&self) -> String {
+        let threads: Vec<String> =
+            self.threads.iter().map(|(name, before, now)| format!("{name} {before}/{now}")).collect();
+        format!(
+            "t={:.1}s dropped {} stolen {} ms; thread CPU ms before/in: {}",
+            self.at_ms as f64 / 1000.0,
+            self.dropped,
+            self.stolen_ms,
+            threads.join(", ")
+        )
+    }
 }
 
 impl StealWatch {
     pub fn start(cpu: usize) -> StealWatch {
+        StealWatch::watching(cpu, None)
+    }
+
+    /// Also keeps the samples in which `server` (UDP port, pid) dropped queries at its socket.
+    pub fn watching(cpu: usize, server: Option<(u16, u32)>) -> StealWatch {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
@@ -583,6 +620,11 @@ impl StealWatch {
             let ms_per_tick = 1000 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
             let mut steal = Steal::default();
             let Some(mut last) = steal_ticks(cpu) else { return steal };
+            let start = Instant::now();
+            let mut dropped = server.map_or(0, |(port, _)| socket_drops(port));
+            let mut cpu_then = server.map(|(_, pid)| thread_ticks(pid)).unwrap_or_default();
+            let mut cpu_before: Vec<(String, u64)> = Vec::new();
+            let cpu_first = cpu_then.clone();
             while !stopped.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 let now = steal_ticks(cpu).unwrap_or(last);
@@ -590,7 +632,34 @@ impl StealWatch {
                 steal.total_ms += ms;
                 steal.worst_ms = steal.worst_ms.max(ms);
                 last = now;
+                let Some((port, pid)) = server else { continue };
+                let cpu_now = thread_ticks(pid);
+                let in_window = delta_named(&cpu_then, &cpu_now);
+                // /proc/net/udp is read in pieces while sockets come and go, and a read now and then misses
+                // the socket (0): keep the last count.
+                let d = socket_drops(port).max(dropped);
+                if d > dropped {
+                    let threads = in_window
+                        .iter()
+                        .map(|(name, ticks)| {
+                            let before = cpu_before.iter().find(|(n, _)| n == name).map_or(0, |(_, b)| *b);
+                            (name.clone(), before * ms_per_tick, ticks * ms_per_tick)
+                        })
+                        .filter(|(_, before, now)| before + now > 0)
+                        .collect();
+                    let at_ms = start.elapsed().as_millis() as u64;
+                    steal.drops.push(DropWindow { at_ms, dropped: d - dropped, stolen_ms: ms, threads });
+                }
+                dropped = d;
+                cpu_before = in_window;
+                cpu_then = cpu_now;
             }
+            let seconds = start.elapsed().as_secs_f64();
+            steal.threads = delta_named(&cpu_first, &cpu_then)
+                .into_iter()
+                .map(|(name, ticks)| (name, (ticks * ms_per_tick) as f64 / 10.0 / seconds))
+                .filter(|(_, pct)| *pct > 0.0)
+                .collect();
             steal
         });
         StealWatch { stop, thread }
@@ -600,6 +669,41 @@ impl StealWatch {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().unwrap_or_default()
     }
+}
+
+/// CPU ticks per thread name between two readings (threads of one name summed).
+fn delta_named(then: &[(i32, String, u64)], now: &[(i32, String, u64)]) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = Vec::new();
+    for (tid, name, t) in now {
+        let was = then.iter().find(|(id, ..)| id == tid).map_or(0, |(.., w)| *w);
+        match out.iter_mut().find(|(n, _)| n == name) {
+            Some((_, sum)) => *sum += t.saturating_sub(was),
+            None => out.push((name.clone(), t.saturating_sub(was))),
+        }
+    }
+    out
+}
+
+/// Each thread of a process: its id, its name and its CPU time (user + system) in clock ticks.
+fn thread_ticks(pid: u32) -> Vec<(i32, String, u64)> {
+    threads(pid)
+        .into_iter()
+        .filter_map(|tid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+            let (name, ticks) = parse_thread_stat(&stat)?;
+            Some((tid, name, ticks))
+        })
+        .collect()
+}
+
+/// The name and user + system ticks of a `/proc/<pid>/task/<tid>/stat` line.
+fn parse_thread_stat(stat: &str) -> Option<(String, u64)> {
+    // The name is in parentheses and may hold spaces and parentheses; the fields after the last
+    // ')' are plain. utime and stime are fields 14 and 15 of the line; `rest` starts at field 3.
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_string();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    Some((name, fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?))
 }
 
 /// The steal field (the eighth number) of `cpuN` in /proc/stat, in clock ticks.
@@ -621,6 +725,18 @@ mod tests {
         }
         let received = latencies_us.len() as u64;
         Report { seconds: 1.0, sent, received, bad: 0, nxdomain: 0, client_drops: 0, max_owed: 3, hist }
+    }
+
+    #[test]
+    fn thread_cpu_is_read_past_odd_names_and_summed_by_name() {
+        let line = "4242 (tokio (rt) 2) S 1 2 3 0 -1 4194560 10 0 0 0 70 30 0 0 20 0 9 0 5 6 7";
+        assert_eq!(parse_thread_stat(line), Some(("tokio (rt) 2".to_string(), 100)));
+        assert_eq!(parse_thread_stat("garbage"), None);
+        let then = [(1, "dns-udp".to_string(), 50), (2, "worker".to_string(), 10)];
+        // Thread 3 started between the readings: all its ticks are new.
+        let now =
+            [(1, "dns-udp".to_string(), 80), (2, "worker".to_string(), 15), (3, "worker".to_string(), 4)];
+        assert_eq!(delta_named(&then, &now), vec![("dns-udp".to_string(), 30), ("worker".to_string(), 9)]);
     }
 
     #[test]
