@@ -90,17 +90,19 @@ pub struct Cache {
     backlog: Backlog,
 }
 
-/// How long a background check waits for queued queries to be answered first. A change then
-/// shows within the refresh interval plus this plus one round trip: 20 ms leaves most of a
-/// 50 ms margin over the interval, and drains thousands of queries at full speed.
+/// How early a background check starts to wait for queued queries to be answered first. It
+/// waits before its due time, not after, so changes still show within the refresh interval;
+/// checks come up to this much early while queries are queued. 20 ms drains thousands of
+/// queries at full speed and moves the call rate by 2% of a 1 s interval at most.
 const BACKLOG_WAIT: Duration = Duration::from_millis(20);
 
 /// Whether queries are queued at the DNS sockets. A UDP thread whose receive filled a whole batch
 /// has more waiting behind it: it marks its socket backlogged until a receive comes back short.
 /// On a core shared by the DNS path and the refresh (the aws backend: ~250 us of CPU per call),
 /// a stall leaves both behind; the kernel then splits the core between them, the queue drains at
-/// half speed and a full socket buffer drops queries. Background checks wait (at most
-/// `BACKLOG_WAIT`) until no socket is backlogged, so the queue drains first.
+/// half speed and a full socket buffer drops queries. A background check about to fall due waits
+/// (within `BACKLOG_WAIT` before its due time) until no socket is backlogged, so the queue
+/// drains first.
 #[derive(Default)]
 pub struct Backlog {
     sockets: AtomicUsize,
@@ -909,9 +911,12 @@ impl Cache {
         // interval: a burst of calls that holds up the queries on a busy core and meets the
         // API's rate limit all at once.
         let first = self.effective_refresh().mul_f64(rand::random::<f64>());
-        let mut next = tokio::time::Instant::now() + first;
+        let mut due = tokio::time::Instant::now() + first;
         loop {
-            tokio::time::sleep_until(next).await;
+            // Queued queries go first, in the slack before a check falls due: from BACKLOG_WAIT
+            // before, a check waits while a socket is backlogged and goes ahead once they drain,
+            // at its due time at the latest. Never late, so a change shows within the interval.
+            tokio::time::sleep_until(due.checked_sub(BACKLOG_WAIT).unwrap_or(due)).await;
             let idle_ms = now_ms().saturating_sub(slot.marks.last_used.load(Ordering::Relaxed));
             if idle_ms > self.settings.load().idle_timeout.as_millis() as u64 {
                 slot.refreshing.store(false, Ordering::Release);
@@ -921,16 +926,22 @@ impl Cache {
                 tracing::debug!(service = %slot.name, "idle: no longer refreshed");
                 return;
             }
-            self.backlog.wait_drained(BACKLOG_WAIT).await;
+            if self.backlog.is_queued() {
+                let left = due.saturating_duration_since(tokio::time::Instant::now());
+                self.backlog.wait_drained(left).await;
+            } else {
+                tokio::time::sleep_until(due).await;
+            }
+            let started = tokio::time::Instant::now();
             self.revalidate(&ns, &slot, Instant::now(), Urgency::Background).await;
-            // Checks start one interval apart, not one interval after the last check ended: a
+            // The next falls due one interval after this one began, not after it ended: a
             // change waits at most the interval plus one round trip, however slow calls are.
             let period = self.effective_refresh();
-            next += period;
+            due = started + period;
             let now = tokio::time::Instant::now();
-            if next < now {
-                // A check overran its slot: no catch-up burst, a whole interval from now.
-                next = now + period;
+            if due < now {
+                // A check overran its interval: no check straight after, a whole interval from now.
+                due = now + period;
             }
         }
     }
@@ -1153,8 +1164,9 @@ mod tests {
 
     // Paused time: the clock moves only when every task waits, so the times below are exact.
     #[tokio::test(start_paused = true)]
-    async fn background_checks_wait_for_queued_queries_but_not_long() {
+    async fn background_checks_wait_for_queued_queries_before_they_fall_due() {
         let refresh = Duration::from_millis(100);
+        let ms = Duration::from_millis;
         let backend = Arc::new(Polled::default());
         let cache = Cache::new(
             backend.clone(),
@@ -1166,25 +1178,33 @@ mod tests {
         // Past the first check (at a random point of the first interval).
         tokio::time::sleep(refresh.mul_f64(1.5)).await;
         let checks = || backend.checks.lock().unwrap().clone();
-        let before = checks();
-        let due = *before.last().expect("a background check in the first interval") + refresh;
+        let due = *checks().last().expect("a background check in the first interval") + refresh;
 
-        // A UDP thread's receive filled its batch: the check that falls due waits.
-        cache.backlog().mark(true);
-        tokio::time::sleep_until(due + Duration::from_millis(5)).await;
-        assert_eq!(checks().len(), before.len(), "no check while queries are queued");
-        cache.backlog().mark(false);
-        tokio::time::sleep(Duration::from_millis(1)).await;
-        assert_eq!(checks().last(), Some(&(due + Duration::from_millis(5))), "checked once drained");
+        // Nothing queued: the check comes when it falls due, not early.
+        tokio::time::sleep_until(due + ms(1)).await;
+        assert_eq!(checks().last(), Some(&due));
 
-        // Queued for longer than it waits: the check goes ahead, BACKLOG_WAIT late, and the
-        // next keeps its place one interval after the last.
+        // A UDP thread's receive filled its batch just before the next check's wait begins: no
+        // check while queries are queued, and the check the moment they drain, early.
+        let due = due + refresh;
+        tokio::time::sleep_until(due - BACKLOG_WAIT - ms(5)).await;
         cache.backlog().mark(true);
-        tokio::time::sleep_until(due + refresh + BACKLOG_WAIT * 2).await;
-        assert_eq!(checks().last(), Some(&(due + refresh + BACKLOG_WAIT)));
+        tokio::time::sleep_until(due - BACKLOG_WAIT + ms(5)).await;
+        assert_eq!(checks().last(), Some(&(due - refresh)), "no check while queries are queued");
         cache.backlog().mark(false);
-        tokio::time::sleep_until(due + refresh * 2 + Duration::from_millis(1)).await;
-        assert_eq!(checks().last(), Some(&(due + refresh * 2)));
+        tokio::time::sleep(ms(1)).await;
+        let early = due - BACKLOG_WAIT + ms(5);
+        assert_eq!(checks().last(), Some(&early), "checked once drained, before it fell due");
+
+        // Queued throughout: the check goes ahead when it falls due (one interval after the last
+        // began), never late; the next falls due one interval after it.
+        let due = early + refresh;
+        cache.backlog().mark(true);
+        tokio::time::sleep_until(due + BACKLOG_WAIT).await;
+        assert_eq!(checks().last(), Some(&due), "a check is never late");
+        cache.backlog().mark(false);
+        tokio::time::sleep_until(due + refresh + ms(1)).await;
+        assert_eq!(checks().last(), Some(&(due + refresh)));
     }
 
     // A current-thread runtime: the change listener cannot run between a write and the checks,
