@@ -46,5 +46,6 @@ backend_calls() { # metrics-port
 # Queries the server's own sockets dropped (receive buffer full), from the kernel's per-socket
 # counter: tells loss at the server from loss anywhere else.
 drops() { # port
-    awk -v p="$(printf ':%04X' "$1")" '$2 ~ p"$" { d += $NF } END { print d + 0 }' /proc/net/udp /proc/net/udp6
+    # Once per socket (inode, field 10): a read of the table in pieces can list one twice.
+    awk -v p="$(printf ':%04X' "$1")" '$2 ~ p"$" && !seen[$10]++ { d += $NF } END { print d + 0 }' /proc/net/udp /proc/net/udp6
 }

@@ -541,18 +541,25 @@ impl Load {
 /// full), summed over IPv4 and IPv6: the last column of /proc/net/udp. 0 where there is no
 /// /proc.
 pub fn socket_drops(port: u16) -> u64 {
+    let tables: Vec<String> =
+        ["/proc/net/udp", "/proc/net/udp6"].iter().filter_map(|f| std::fs::read_to_string(f).ok()).collect();
+    drops_in(&tables, port)
+}
+
+/// The drops of each socket bound to `port` in these tables, once per socket: the kernel writes a
+/// table in pieces while sockets come and go, so a read can list one socket twice (its inode tells).
+fn drops_in(tables: &[String], port: u16) -> u64 {
     let suffix = format!(":{port:04X}");
-    ["/proc/net/udp", "/proc/net/udp6"]
+    let mut seen = std::collections::HashSet::new();
+    tables
         .iter()
-        .filter_map(|f| std::fs::read_to_string(f).ok())
-        .map(|text| {
-            text.lines()
-                .skip(1)
-                .filter_map(|l| {
-                    let fields: Vec<&str> = l.split_whitespace().collect();
-                    fields.get(1)?.ends_with(&suffix).then(|| fields.last()?.parse::<u64>().ok())?
-                })
-                .sum::<u64>()
+        .flat_map(|t| t.lines().skip(1))
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            if !fields.get(1)?.ends_with(&suffix) || !seen.insert(*fields.get(9)?) {
+                return None;
+            }
+            fields.last()?.parse::<u64>().ok()
         })
         .sum()
 }
@@ -635,8 +642,7 @@ impl StealWatch {
                 let Some((port, pid)) = server else { continue };
                 let cpu_now = thread_ticks(pid);
                 let in_window = delta_named(&cpu_then, &cpu_now);
-                // /proc/net/udp is read in pieces while sockets come and go, and a read now and then misses
-                // the socket (0): keep the last count.
+                // A read can also miss the socket (0): keep the last count.
                 let d = socket_drops(port).max(dropped);
                 if d > dropped {
                     let threads = in_window
@@ -725,6 +731,22 @@ mod tests {
         }
         let received = latencies_us.len() as u64;
         Report { seconds: 1.0, sent, received, bad: 0, nxdomain: 0, client_drops: 0, max_owed: 3, hist }
+    }
+
+    #[test]
+    fn socket_drops_count_each_socket_once() {
+        let header = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops";
+        let line = |sl: u32, port: &str, inode: u32, drops: u32| {
+            format!(
+                "{sl}: 0100007F:{port} 00000000:0000 07 00000000:00000000 00:00000000 00000000  1000  0 {inode} 2 0000000000000000 {drops}"
+            )
+        };
+        // Port 5353 (14E9): socket 77 listed twice, as a read in pieces can; 78 a second socket.
+        let v4 =
+            [header.to_string(), line(1, "14E9", 77, 40), line(2, "14E9", 77, 40), line(3, "0035", 79, 5)]
+                .join("\n");
+        let v6 = [header.to_string(), line(1, "14E9", 78, 2)].join("\n");
+        assert_eq!(drops_in(&[v4, v6], 5353), 42);
     }
 
     #[test]

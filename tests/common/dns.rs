@@ -220,10 +220,14 @@ pub fn ede_text(m: &Message) -> Option<String> {
 pub fn kernel_drops(port: u16) -> u64 {
     let suffix = format!(":{port:04X}");
     let mut drops = 0;
+    // Once per socket (inode): the kernel writes the table in pieces while sockets come and go,
+    // so one read can list a socket twice.
+    let mut seen = std::collections::HashSet::new();
     for table in ["/proc/net/udp", "/proc/net/udp6"].iter().filter_map(|p| std::fs::read_to_string(p).ok()) {
         for line in table.lines().skip(1) {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            if fields.get(1).is_some_and(|local| local.ends_with(&suffix)) {
+            let ours = fields.get(1).is_some_and(|local| local.ends_with(&suffix));
+            if ours && fields.get(9).is_some_and(|inode| seen.insert(inode.to_string())) {
                 drops += fields.last().and_then(|d| d.parse::<u64>().ok()).unwrap_or(0);
             }
         }
