@@ -93,7 +93,8 @@ pub struct Cache {
 /// How early a background check starts to wait for queued queries to be answered first. It
 /// waits before its due time, not after, so changes still show within the refresh interval;
 /// checks come up to this much early while queries are queued. 20 ms drains thousands of
-/// queries at full speed and moves the call rate by 2% of a 1 s interval at most.
+/// queries at full speed and moves the call rate by 2% of a 1 s interval at most. A check
+/// already past due when it wakes (the core stalled) waits this long at most.
 const BACKLOG_WAIT: Duration = Duration::from_millis(20);
 
 /// Whether queries are queued at the DNS sockets. A UDP thread whose receive filled a whole batch
@@ -915,7 +916,8 @@ impl Cache {
         loop {
             // Queued queries go first, in the slack before a check falls due: from BACKLOG_WAIT
             // before, a check waits while a socket is backlogged and goes ahead once they drain,
-            // at its due time at the latest. Never late, so a change shows within the interval.
+            // at its due time at the latest. Not late for the wait, so a change shows within the
+            // interval.
             tokio::time::sleep_until(due.checked_sub(BACKLOG_WAIT).unwrap_or(due)).await;
             let idle_ms = now_ms().saturating_sub(slot.marks.last_used.load(Ordering::Relaxed));
             if idle_ms > self.settings.load().idle_timeout.as_millis() as u64 {
@@ -927,8 +929,10 @@ impl Cache {
                 return;
             }
             if self.backlog.is_queued() {
+                // One already past due (the core stalled, the longest queue then) is late anyway:
+                // the queue still goes first, for BACKLOG_WAIT at most.
                 let left = due.saturating_duration_since(tokio::time::Instant::now());
-                self.backlog.wait_drained(left).await;
+                self.backlog.wait_drained(if left.is_zero() { BACKLOG_WAIT } else { left }).await;
             } else {
                 tokio::time::sleep_until(due).await;
             }
@@ -1205,6 +1209,17 @@ mod tests {
         cache.backlog().mark(false);
         tokio::time::sleep_until(due + refresh + ms(1)).await;
         assert_eq!(checks().last(), Some(&(due + refresh)));
+
+        // The core stalls past the next due time with queries queued: that check is late anyway,
+        // and the queue still goes first, for BACKLOG_WAIT at most.
+        cache.backlog().mark(true);
+        tokio::time::advance(refresh + ms(10)).await;
+        let woke = tokio::time::Instant::now();
+        tokio::time::sleep(ms(1)).await;
+        assert_eq!(checks().last(), Some(&(due + refresh)), "no check while the queue drains");
+        tokio::time::sleep_until(woke + BACKLOG_WAIT + ms(1)).await;
+        assert_eq!(checks().last(), Some(&(woke + BACKLOG_WAIT)));
+        cache.backlog().mark(false);
     }
 
     // A current-thread runtime: the change listener cannot run between a write and the checks,
