@@ -90,20 +90,24 @@ pub struct Cache {
     backlog: Backlog,
 }
 
-/// How early a background check starts to wait for queued queries to be answered first. It
-/// waits before its due time, not after, so changes still show within the refresh interval;
-/// checks come up to this much early while queries are queued. 20 ms drains thousands of
-/// queries at full speed and moves the call rate by 2% of a 1 s interval at most. A check
-/// already past due when it wakes (the core stalled) waits this long at most.
+/// How long a background check waits, at most, for queued queries to be answered first.
+/// Checks fall due this much short of one interval apart, so the wait never makes them more than
+/// one interval apart: 20 ms drains thousands of queries at full speed and costs 2% more calls
+/// at a 1 s interval.
 const BACKLOG_WAIT: Duration = Duration::from_millis(20);
+
+/// The most a background check at `period` waits for queued queries: `BACKLOG_WAIT`, or a
+/// twentieth of a shorter interval, so short intervals do not cost many more calls.
+fn backlog_slack(period: Duration) -> Duration {
+    BACKLOG_WAIT.min(period / 20)
+}
 
 /// Whether queries are queued at the DNS sockets. A UDP thread whose receive filled a whole batch
 /// has more waiting behind it: it marks its socket backlogged until a receive comes back short.
 /// On a core shared by the DNS path and the refresh (the aws backend: ~250 us of CPU per call),
 /// a stall leaves both behind; the kernel then splits the core between them, the queue drains at
-/// half speed and a full socket buffer drops queries. A background check about to fall due waits
-/// (within `BACKLOG_WAIT` before its due time) until no socket is backlogged, so the queue
-/// drains first.
+/// half speed and a full socket buffer drops queries. A background check that falls due waits
+/// (at most `backlog_slack`) until no socket is backlogged, so the queue drains first.
 #[derive(Default)]
 pub struct Backlog {
     sockets: AtomicUsize,
@@ -912,13 +916,9 @@ impl Cache {
         // interval: a burst of calls that holds up the queries on a busy core and meets the
         // API's rate limit all at once.
         let first = self.effective_refresh().mul_f64(rand::random::<f64>());
-        let mut due = tokio::time::Instant::now() + first;
+        let mut next = tokio::time::Instant::now() + first;
         loop {
-            // Queued queries go first, in the slack before a check falls due: from BACKLOG_WAIT
-            // before, a check waits while a socket is backlogged and goes ahead once they drain,
-            // at its due time at the latest. Not late for the wait, so a change shows within the
-            // interval.
-            tokio::time::sleep_until(due.checked_sub(BACKLOG_WAIT).unwrap_or(due)).await;
+            tokio::time::sleep_until(next).await;
             let idle_ms = now_ms().saturating_sub(slot.marks.last_used.load(Ordering::Relaxed));
             if idle_ms > self.settings.load().idle_timeout.as_millis() as u64 {
                 slot.refreshing.store(false, Ordering::Release);
@@ -928,24 +928,18 @@ impl Cache {
                 tracing::debug!(service = %slot.name, "idle: no longer refreshed");
                 return;
             }
-            if self.backlog.is_queued() {
-                // One already past due (the core stalled, the longest queue then) is late anyway:
-                // the queue still goes first, for BACKLOG_WAIT at most.
-                let left = due.saturating_duration_since(tokio::time::Instant::now());
-                self.backlog.wait_drained(if left.is_zero() { BACKLOG_WAIT } else { left }).await;
-            } else {
-                tokio::time::sleep_until(due).await;
-            }
-            let started = tokio::time::Instant::now();
-            self.revalidate(&ns, &slot, Instant::now(), Urgency::Background).await;
-            // The next falls due one interval after this one began, not after it ended: a
-            // change waits at most the interval plus one round trip, however slow calls are.
             let period = self.effective_refresh();
-            due = started + period;
+            let slack = backlog_slack(period);
+            self.backlog.wait_drained(slack).await;
+            self.revalidate(&ns, &slot, Instant::now(), Urgency::Background).await;
+            // Checks fall due `slack` short of one interval apart, and wait at most `slack` for
+            // queued queries: checks begin at most one interval apart, so a change waits at most
+            // the interval plus one round trip, however slow calls are and whatever the queue.
+            next += period - slack;
             let now = tokio::time::Instant::now();
-            if due < now {
-                // A check overran its interval: no check straight after, a whole interval from now.
-                due = now + period;
+            if next < now {
+                // A check overran its slot: no catch-up burst, a whole interval from now.
+                next = now + period - slack;
             }
         }
     }
@@ -1168,8 +1162,10 @@ mod tests {
 
     // Paused time: the clock moves only when every task waits, so the times below are exact.
     #[tokio::test(start_paused = true)]
-    async fn background_checks_wait_for_queued_queries_before_they_fall_due() {
-        let refresh = Duration::from_millis(100);
+    async fn background_checks_wait_for_queued_queries_and_stay_within_the_interval() {
+        let refresh = Duration::from_secs(1);
+        let slack = backlog_slack(refresh);
+        assert_eq!(slack, BACKLOG_WAIT);
         let ms = Duration::from_millis;
         let backend = Arc::new(Polled::default());
         let cache = Cache::new(
@@ -1182,44 +1178,31 @@ mod tests {
         // Past the first check (at a random point of the first interval).
         tokio::time::sleep(refresh.mul_f64(1.5)).await;
         let checks = || backend.checks.lock().unwrap().clone();
-        let due = *checks().last().expect("a background check in the first interval") + refresh;
+        let due = *checks().last().expect("a background check in the first interval") + refresh - slack;
 
-        // Nothing queued: the check comes when it falls due, not early.
+        // Nothing queued: checks fall due the slack short of one interval apart.
         tokio::time::sleep_until(due + ms(1)).await;
         assert_eq!(checks().last(), Some(&due));
 
-        // A UDP thread's receive filled its batch just before the next check's wait begins: no
-        // check while queries are queued, and the check the moment they drain, early.
-        let due = due + refresh;
-        tokio::time::sleep_until(due - BACKLOG_WAIT - ms(5)).await;
+        // Queued throughout: the next check waits the whole slack, and so comes exactly one
+        // interval after the last, never later.
         cache.backlog().mark(true);
-        tokio::time::sleep_until(due - BACKLOG_WAIT + ms(5)).await;
-        assert_eq!(checks().last(), Some(&(due - refresh)), "no check while queries are queued");
+        let waited = due + refresh;
+        tokio::time::sleep_until(waited + ms(1)).await;
+        assert_eq!(checks().last(), Some(&waited), "at most one interval apart");
+        cache.backlog().mark(false);
+
+        // A UDP thread's receive fills its batch: no check while queries are queued, the check
+        // the moment they drain, and the schedule keeps its place.
+        let due = due + (refresh - slack) * 2;
+        cache.backlog().mark(true);
+        tokio::time::sleep_until(due + ms(5)).await;
+        assert_eq!(checks().last(), Some(&waited), "no check while queries are queued");
         cache.backlog().mark(false);
         tokio::time::sleep(ms(1)).await;
-        let early = due - BACKLOG_WAIT + ms(5);
-        assert_eq!(checks().last(), Some(&early), "checked once drained, before it fell due");
-
-        // Queued throughout: the check goes ahead when it falls due (one interval after the last
-        // began), never late; the next falls due one interval after it.
-        let due = early + refresh;
-        cache.backlog().mark(true);
-        tokio::time::sleep_until(due + BACKLOG_WAIT).await;
-        assert_eq!(checks().last(), Some(&due), "a check is never late");
-        cache.backlog().mark(false);
-        tokio::time::sleep_until(due + refresh + ms(1)).await;
-        assert_eq!(checks().last(), Some(&(due + refresh)));
-
-        // The core stalls past the next due time with queries queued: that check is late anyway,
-        // and the queue still goes first, for BACKLOG_WAIT at most.
-        cache.backlog().mark(true);
-        tokio::time::advance(refresh + ms(10)).await;
-        let woke = tokio::time::Instant::now();
-        tokio::time::sleep(ms(1)).await;
-        assert_eq!(checks().last(), Some(&(due + refresh)), "no check while the queue drains");
-        tokio::time::sleep_until(woke + BACKLOG_WAIT + ms(1)).await;
-        assert_eq!(checks().last(), Some(&(woke + BACKLOG_WAIT)));
-        cache.backlog().mark(false);
+        assert_eq!(checks().last(), Some(&(due + ms(5))), "checked once drained");
+        tokio::time::sleep_until(due + refresh - slack + ms(1)).await;
+        assert_eq!(checks().last(), Some(&(due + refresh - slack)));
     }
 
     // A current-thread runtime: the change listener cannot run between a write and the checks,
