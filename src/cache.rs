@@ -938,7 +938,7 @@ impl Cache {
             next += period - slack;
             let now = tokio::time::Instant::now();
             if next < now {
-                // A check overran its slot: no catch-up burst, a whole interval from now.
+                // A check overran its slot: no catch-up burst, the next a whole step from now.
                 next = now + period - slack;
             }
         }
