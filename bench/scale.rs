@@ -8,7 +8,8 @@
 //!   namespaces; every service is asked for (so all 10,000 are active). Reports its resident
 //!   memory (and per instance), its answer-path q/s over the 10,000 names against another aws
 //!   instance serving the 3,000-instance namespace, and the calls/s the registry saw at steady
-//!   state against the configured `backend.rate_limit` (pass or fail).
+//!   state against the configured `backend.rate_limit` (pass or fail), and the CPU each thread of
+//!   both servers took during each answer-path row (they share the server core).
 //! - **freshness**: with the server at half of its saturation (open-loop load, bench/udp_load.rs),
 //!   the time from DeregisterInstance returning to the first DNS answer without the instance:
 //!   p50/p99/max, for the embedded backend (target 10 ms) and the aws backend (target
@@ -211,26 +212,42 @@ async fn scale(dir: &Path) {
         if pinned {
             udp_load::pin_to(LOAD_CPU);
         }
+        // Both servers share the core: the CPU each thread of each took during a row tells the
+        // answer path's cost per query from the two refreshes' share.
+        let watched = |server: &Server, q: &[Vec<u8>]| {
+            let watches = [&big, &small_server]
+                .map(|s| udp_load::StealWatch::watching(SERVER_CPU, Some((s.dns.port(), s.child.id()))));
+            let r = saturate(server.dns, q, 5.0);
+            let [on_big, on_small] = watches.map(|w| w.stop().threads);
+            (r, on_big, on_small)
+        };
         for _ in 0..2 {
-            rows.push(("100,000 instances, 10,000 names", saturate(big.dns, &big_q, 5.0)));
-            rows.push(("3,000 instances, 1,000 names", saturate(small_server.dns, &small_q, 5.0)));
+            rows.push(("100,000 instances, 10,000 names", watched(&big, &big_q)));
+            rows.push(("3,000 instances, 1,000 names", watched(&small_server, &small_q)));
         }
         (rows, big, small_server)
     });
     let (rows, big, _small) = load.join().unwrap();
-    println!("| data | q/s | lost | bad | p50 ms | p99 ms |\n|---|---:|---:|---:|---:|---:|");
-    for (what, r) in &rows {
+    let shares = |threads: &[(String, f64)]| {
+        threads.iter().map(|(n, pct)| format!("{n} {pct:.0}%")).collect::<Vec<_>>().join(", ")
+    };
+    println!(
+        "| data | q/s | lost | bad | p50 ms | p99 ms | the 100,000-instance server's threads | the 3,000-instance server's |\n|---|---:|---:|---:|---:|---:|---|---|"
+    );
+    for (what, (r, on_big, on_small)) in &rows {
         println!(
-            "| {what} | {:.0} | {} | {} | {:.3} | {:.3} |",
+            "| {what} | {:.0} | {} | {} | {:.3} | {:.3} | {} | {} |",
             r.qps(),
             r.lost(),
             r.bad + r.nxdomain,
             r.percentile_ms(0.5),
-            r.percentile_ms(0.99)
+            r.percentile_ms(0.99),
+            shares(on_big),
+            shares(on_small)
         );
     }
     let best = |label: &str| {
-        rows.iter().filter(|(w, _)| w.starts_with(label)).map(|(_, r)| r.qps()).fold(0.0, f64::max)
+        rows.iter().filter(|(w, _)| w.starts_with(label)).map(|(_, (r, ..))| r.qps()).fold(0.0, f64::max)
     };
     println!("answer path at 100,000 instances / at 3,000: {:.2}", best("100,000") / best("3,000"));
     println!("server RSS after the load: {:.1} MiB", mib(udp_load::rss_bytes(big.child.id())));
