@@ -115,6 +115,11 @@ fn saturate(server: SocketAddr, q: &[Vec<u8>], seconds: f64) -> udp_load::Report
     udp_load::run(server, q, Pace::Window(200), Duration::from_secs_f64(seconds))
 }
 
+/// Each thread's share of one CPU, as `name N%`.
+fn thread_shares(threads: &[(String, f64)]) -> String {
+    threads.iter().map(|(n, pct)| format!("{n} {pct:.0}%")).collect::<Vec<_>>().join(", ")
+}
+
 fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -216,7 +221,7 @@ async fn scale(dir: &Path) {
         // answer path's cost per query from the two refreshes' share.
         let watched = |server: &Server, q: &[Vec<u8>]| {
             let watches = [&big, &small_server]
-                .map(|s| udp_load::StealWatch::watching(SERVER_CPU, Some((s.dns.port(), s.child.id()))));
+                .map(|s| udp_load::StealWatch::start(SERVER_CPU, s.dns.port(), s.child.id()));
             let r = saturate(server.dns, q, 5.0);
             let [on_big, on_small] = watches.map(|w| w.stop().threads);
             (r, on_big, on_small)
@@ -228,9 +233,6 @@ async fn scale(dir: &Path) {
         (rows, big, small_server)
     });
     let (rows, big, _small) = load.join().unwrap();
-    let shares = |threads: &[(String, f64)]| {
-        threads.iter().map(|(n, pct)| format!("{n} {pct:.0}%")).collect::<Vec<_>>().join(", ")
-    };
     println!(
         "| data | q/s | lost | bad | p50 ms | p99 ms | the 100,000-instance server's threads | the 3,000-instance server's |\n|---|---:|---:|---:|---:|---:|---|---|"
     );
@@ -242,8 +244,8 @@ async fn scale(dir: &Path) {
             r.bad + r.nxdomain,
             r.percentile_ms(0.5),
             r.percentile_ms(0.99),
-            shares(on_big),
-            shares(on_small)
+            thread_shares(on_big),
+            thread_shares(on_small)
         );
     }
     let best = |label: &str| {
@@ -315,7 +317,7 @@ async fn freshness_under_load(
     let rate = env_or("FRESH_LOAD_QPS", sat.qps() / 2.0);
     let server_drops_before = udp_load::socket_drops(server.port());
     let watch_start = Instant::now();
-    let steal = udp_load::StealWatch::watching(SERVER_CPU, Some((server.port(), metrics.child.id())));
+    let steal = udp_load::StealWatch::start(SERVER_CPU, server.port(), metrics.child.id());
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     let load = std::thread::spawn(move || {
@@ -393,8 +395,10 @@ async fn freshness_under_load(
         "  {what}: {first_fresh} of {samples} samples answered without the instance at the first query; the load's own p99 round trip {:.2} ms",
         load.percentile_ms(0.99)
     );
-    let threads: Vec<String> = steal.threads.iter().map(|(n, pct)| format!("{n} {pct:.0}%")).collect();
-    println!("  {what}: the server's threads used, of one CPU over the run: {}", threads.join(", "));
+    println!(
+        "  {what}: the server's threads used, of one CPU over the run: {}",
+        thread_shares(&steal.threads)
+    );
     // The first windows say when the loss began and beside what; the count says how long.
     const SHOWN: usize = 12;
     if steal.drops.len() > SHOWN {

@@ -567,9 +567,9 @@ fn drops_in(tables: &[String], port: u16) -> u64 {
 /// Time the hypervisor kept one CPU from this machine (steal, /proc/stat) while it runs, sampled
 /// every 100 ms. A vCPU taken away for 100 ms leaves the sockets of the server on it unread that
 /// long: loss and tail latency that no server there could avoid, so the benches report it.
-/// Given a server (its UDP port and pid), it also keeps the windows in which the server's socket
-/// dropped queries, with the CPU each of the server's threads used in that window and the one
-/// before: when and beside what the loss fell.
+/// It also keeps the windows in which a server's socket dropped queries, with the CPU each of
+/// the server's threads used in that window and the one before (when and beside what the loss
+/// fell), and each thread's share over the whole watch.
 pub struct StealWatch {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: std::thread::JoinHandle<Steal>,
@@ -613,12 +613,8 @@ impl DropWindow {
 }
 
 impl StealWatch {
-    pub fn start(cpu: usize) -> StealWatch {
-        StealWatch::watching(cpu, None)
-    }
-
-    /// Also keeps the samples in which `server` (UDP port, pid) dropped queries at its socket.
-    pub fn watching(cpu: usize, server: Option<(u16, u32)>) -> StealWatch {
+    /// Watches `cpu`'s steal and the server with UDP `port` and process `pid`.
+    pub fn start(cpu: usize, port: u16, pid: u32) -> StealWatch {
         use std::sync::atomic::Ordering;
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
@@ -628,8 +624,8 @@ impl StealWatch {
             let mut steal = Steal::default();
             let Some(mut last) = steal_ticks(cpu) else { return steal };
             let start = Instant::now();
-            let mut dropped = server.map_or(0, |(port, _)| socket_drops(port));
-            let mut cpu_then = server.map(|(_, pid)| thread_ticks(pid)).unwrap_or_default();
+            let mut dropped = socket_drops(port);
+            let mut cpu_then = thread_ticks(pid);
             let mut cpu_before: Vec<(String, u64)> = Vec::new();
             let cpu_first = cpu_then.clone();
             while !stopped.load(Ordering::Relaxed) {
@@ -639,7 +635,6 @@ impl StealWatch {
                 steal.total_ms += ms;
                 steal.worst_ms = steal.worst_ms.max(ms);
                 last = now;
-                let Some((port, pid)) = server else { continue };
                 let cpu_now = thread_ticks(pid);
                 let in_window = delta_named(&cpu_then, &cpu_now);
                 // A read can also miss the socket (0): keep the last count.
