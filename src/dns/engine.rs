@@ -22,6 +22,7 @@ use dashmap::DashMap;
 use smallvec::SmallVec;
 
 use super::answer::{Answer, Deps, ServiceDep, deps_hold};
+use super::prefetch;
 use super::wire::{self, *};
 use crate::acl::Acl;
 use crate::cache::{Cache, Lookup, SlotMarks, now_ms};
@@ -101,12 +102,30 @@ type AnswerKey = SmallVec<[u8; 32]>;
 struct Cached {
     answer: Arc<Answer>,
     marks: Option<Arc<SlotMarks>>,
+    /// Where the answer's records lie on the heap (`RecordSet::heap_parts`): prefetch hints,
+    /// kept here so that `prefetch_answer` needs no read of the answer itself (a miss).
+    records_at: [usize; 2],
+    records_len: [u32; 2],
 }
 
 impl Cached {
     fn new(answer: Arc<Answer>) -> Cached {
         let marks = answer.service.as_ref().map(|s| s.marks.clone());
-        Cached { answer, marks }
+        let [bytes, ends] = answer.records.heap_parts();
+        let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Cached { records_at: [bytes.0, ends.0], records_len: [len(bytes.1), len(ends.1)], answer, marks }
+    }
+
+    /// Starts loading into the CPU cache what a hit on it reads: the answer, its service's
+    /// marks, its records.
+    fn prefetch(&self) {
+        prefetch::lines(Arc::as_ptr(&self.answer) as usize, std::mem::size_of::<Answer>());
+        if let Some(m) = &self.marks {
+            prefetch::lines(Arc::as_ptr(m) as usize, std::mem::size_of::<SlotMarks>());
+        }
+        for (at, len) in self.records_at.into_iter().zip(self.records_len) {
+            prefetch::lines(at, len as usize);
+        }
     }
 
     /// Whether the answer still holds: its service's generation (read through the slot's own
@@ -274,6 +293,20 @@ impl Engine {
             }
         }
         Fast::Miss
+    }
+
+    /// Starts loading into the CPU cache what answering `packet` from the answer cache will
+    /// read (the map's entry, then the answer, its service's marks and its records), and
+    /// answers nothing. The UDP loop calls it for every query of a received batch before it
+    /// answers the first: the queries' cache misses then overlap rather than come one after
+    /// another. Over 10,000 names most of a hit's user time was those misses.
+    pub fn prefetch_answer(&self, packet: &[u8]) {
+        let Ok(q) = wire::parse_query(packet) else { return };
+        let mut key = [0u8; KEY_ROOM];
+        let n = wire::key_into(&q, &mut key);
+        if let Some(c) = self.answers.get(&key[..n]) {
+            c.prefetch();
+        }
     }
 
     /// Counts a query in `queries_total` and `request_duration_seconds`, and logs it when the
@@ -625,16 +658,8 @@ impl Engine {
     /// Starts loading `key`'s slot of the admission filter into the cache. A slot read is a
     /// cache miss (the filter is 256 KiB, read at random): a tenth of a zone miss's user time.
     fn prefetch_seen(&self, key: &[u8]) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-            let (slot, _) = self.seen_slot(key);
-            // SAFETY: a prefetch is a hint; it reads nothing and cannot fault, and SSE is part
-            // of every x86_64 target.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(slot.as_ptr().cast_const().cast()) };
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = key;
+        let (slot, _) = self.seen_slot(key);
+        prefetch::lines(prefetch::addr_of(slot), std::mem::size_of_val(slot));
     }
 
     /// Whether `key` was seen here recently (and notes it if not): see `seen_once`.
@@ -649,5 +674,41 @@ impl Engine {
         }
         slot.store(fingerprint, Ordering::Relaxed);
         false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer_of(records: usize) -> Arc<Answer> {
+        let mut a = Answer::new(RCODE_NOERROR);
+        for i in 0..records {
+            a.records.push([i as u8; 16]);
+        }
+        Arc::new(a)
+    }
+
+    /// The prefetch hints beside a cached answer point at its records' bytes and, once they
+    /// spill, at their ends: where a hit reads them.
+    #[test]
+    fn cached_answers_hold_where_their_records_lie() {
+        let few = Cached::new(answer_of(3));
+        assert_eq!(few.records_at[0], few.answer.records.get(0).as_ptr() as usize);
+        assert_eq!(few.records_len, [48, 0], "3 ends are inline in the answer: no second hint");
+        assert_eq!(few.records_at[1], 0);
+
+        let many = Cached::new(answer_of(10));
+        assert_eq!(many.records_at[0], many.answer.records.get(0).as_ptr() as usize);
+        assert_eq!(many.records_len, [160, 40], "10 ends (u32) on the heap");
+        let answer_at = Arc::as_ptr(&many.answer) as usize;
+        let outside = |at: usize| at + 40 <= answer_at || at >= answer_at + std::mem::size_of::<Answer>();
+        assert!(
+            many.records_at[1] != 0 && outside(many.records_at[1]),
+            "the spilled ends are their own block"
+        );
+
+        let none = Cached::new(answer_of(0));
+        assert_eq!(none.records_len, [0, 0]);
     }
 }

@@ -1,12 +1,13 @@
 //! The DNS side: wire format (`wire`), pre-encoded answers (`answer`), query handling and the
-//! answer cache (`engine`), the UDP and TCP listeners (`server`), and response rate limiting
-//! (`ratelimit`).
+//! answer cache (`engine`), the UDP and TCP listeners (`server`), response rate limiting
+//! (`ratelimit`), and CPU cache prefetches for the hot path (`prefetch`).
 
 pub mod answer;
 pub mod engine;
 #[cfg(target_os = "linux")]
 pub mod mmsg;
 mod pktinfo;
+mod prefetch;
 pub mod ratelimit;
 pub mod server;
 pub mod wire;

@@ -449,6 +449,13 @@ fn serve_udp_thread(
             }
         };
         note(n == super::mmsg::BATCH);
+        if n > 1 {
+            for i in 0..n {
+                if let Some((packet, _)) = received.get(i) {
+                    engine.prefetch_answer(packet);
+                }
+            }
+        }
         let limit = limiter.load();
         for i in 0..n {
             let Some((packet, peer)) = received.get(i) else { continue };

@@ -443,6 +443,17 @@ impl RecordSet {
         let start = if i == 0 { 0 } else { self.ends[i - 1] as usize };
         &self.bytes[start..self.ends[i] as usize]
     }
+
+    /// Where its parts on the heap lie, as (address, length) prefetch hints: the records' bytes,
+    /// and their ends once there are too many to keep inline (0, 0 when not).
+    pub fn heap_parts(&self) -> [(usize, usize); 2] {
+        let ends = if self.ends.spilled() {
+            (self.ends.as_ptr() as usize, std::mem::size_of_val(self.ends.as_slice()))
+        } else {
+            (0, 0)
+        };
+        [(self.bytes.as_ptr() as usize, self.bytes.len()), ends]
+    }
 }
 
 impl Records for RecordSet {
