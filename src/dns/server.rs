@@ -450,11 +450,7 @@ fn serve_udp_thread(
         };
         note(n == super::mmsg::BATCH);
         if n > 1 {
-            for i in 0..n {
-                if let Some((packet, _)) = received.get(i) {
-                    engine.prefetch_answer(packet);
-                }
-            }
+            engine.prefetch_answers((0..n).filter_map(|i| received.get(i).map(|(packet, _)| packet)));
         }
         let limit = limiter.load();
         for i in 0..n {

@@ -117,7 +117,7 @@ fn harness() -> &'static Harness {
 fuzz_target!(|data: &[u8]| {
     let h = harness();
     // The UDP loop's first pass over a batch: loads lines, answers nothing, never fails.
-    h.engine.prefetch_answer(data);
+    h.engine.prefetch_answers([data, data].into_iter());
     for transport in [Transport::Udp, Transport::Tcp] {
         if let Some(response) = h.runtime.block_on(h.engine.answer(data, transport, [127, 0, 0, 1].into())) {
             assert!(response.len() >= 12, "a response has a header");
