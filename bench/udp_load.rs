@@ -585,6 +585,8 @@ pub struct Steal {
     pub drops: Vec<DropWindow>,
     /// CPU of each of the watched server's threads over the whole watch, as a share of it.
     pub threads: Vec<(String, f64)>,
+    /// The user-mode part of `threads`: the server's own code, without the kernel's.
+    pub threads_user: Vec<(String, f64)>,
 }
 
 /// A 100 ms sample in which the watched server's socket dropped queries.
@@ -626,6 +628,7 @@ impl StealWatch {
             let start = Instant::now();
             let mut dropped = socket_drops(port);
             let mut cpu_then = thread_ticks(pid);
+            let user_first = thread_user_ticks(pid);
             let mut cpu_before: Vec<(String, u64)> = Vec::new();
             let cpu_first = cpu_then.clone();
             while !stopped.load(Ordering::Relaxed) {
@@ -656,11 +659,15 @@ impl StealWatch {
                 cpu_then = cpu_now;
             }
             let seconds = start.elapsed().as_secs_f64();
-            steal.threads = delta_named(&cpu_first, &cpu_then)
-                .into_iter()
-                .map(|(name, ticks)| (name, (ticks * ms_per_tick) as f64 / 10.0 / seconds))
-                .filter(|(_, pct)| *pct > 0.0)
-                .collect();
+            let shares = |ticks: Vec<(String, u64)>| -> Vec<(String, f64)> {
+                ticks
+                    .into_iter()
+                    .map(|(name, ticks)| (name, (ticks * ms_per_tick) as f64 / 10.0 / seconds))
+                    .filter(|(_, pct)| *pct > 0.0)
+                    .collect()
+            };
+            steal.threads = shares(delta_named(&cpu_first, &cpu_then));
+            steal.threads_user = shares(delta_named(&user_first, &thread_user_ticks(pid)));
             steal
         });
         StealWatch { stop, thread }
@@ -687,24 +694,33 @@ fn delta_named(then: &[(i32, String, u64)], now: &[(i32, String, u64)]) -> Vec<(
 
 /// Each thread of a process: its id, its name and its CPU time (user + system) in clock ticks.
 fn thread_ticks(pid: u32) -> Vec<(i32, String, u64)> {
+    thread_times(pid).into_iter().map(|(tid, name, user, system)| (tid, name, user + system)).collect()
+}
+
+/// Each thread of a process: its id, its name and its user-mode CPU time in clock ticks.
+fn thread_user_ticks(pid: u32) -> Vec<(i32, String, u64)> {
+    thread_times(pid).into_iter().map(|(tid, name, user, _)| (tid, name, user)).collect()
+}
+
+fn thread_times(pid: u32) -> Vec<(i32, String, u64, u64)> {
     threads(pid)
         .into_iter()
         .filter_map(|tid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
-            let (name, ticks) = parse_thread_stat(&stat)?;
-            Some((tid, name, ticks))
+            let (name, user, system) = parse_thread_stat(&stat)?;
+            Some((tid, name, user, system))
         })
         .collect()
 }
 
-/// The name and user + system ticks of a `/proc/<pid>/task/<tid>/stat` line.
-fn parse_thread_stat(stat: &str) -> Option<(String, u64)> {
+/// The name, user and system ticks of a `/proc/<pid>/task/<tid>/stat` line.
+fn parse_thread_stat(stat: &str) -> Option<(String, u64, u64)> {
     // The name is in parentheses and may hold spaces and parentheses; the fields after the last
     // ')' are plain. utime and stime are fields 14 and 15 of the line; `rest` starts at field 3.
     let (head, rest) = stat.rsplit_once(')')?;
     let name = head.split_once('(')?.1.to_string();
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    Some((name, fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?))
+    Some((name, fields.get(11)?.parse::<u64>().ok()?, fields.get(12)?.parse::<u64>().ok()?))
 }
 
 /// The steal field (the eighth number) of `cpuN` in /proc/stat, in clock ticks.
@@ -747,7 +763,7 @@ mod tests {
     #[test]
     fn thread_cpu_is_read_past_odd_names_and_summed_by_name() {
         let line = "4242 (tokio (rt) 2) S 1 2 3 0 -1 4194560 10 0 0 0 70 30 0 0 20 0 9 0 5 6 7";
-        assert_eq!(parse_thread_stat(line), Some(("tokio (rt) 2".to_string(), 100)));
+        assert_eq!(parse_thread_stat(line), Some(("tokio (rt) 2".to_string(), 70, 30)));
         assert_eq!(parse_thread_stat("garbage"), None);
         let then = [(1, "dns-udp".to_string(), 50), (2, "worker".to_string(), 10)];
         // Thread 3 started between the readings: all its ticks are new.
