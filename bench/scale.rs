@@ -6,12 +6,13 @@
 //!   call) holds 50 namespaces, 10,000 services and 100,000 instances, plus a namespace of 1,000
 //!   services x 3 instances for comparison. A cloudmap-dns with the aws backend serves the 50
 //!   namespaces; every service is asked for (so all 10,000 are active). Reports its resident
-//!   memory (and per instance), its answer-path q/s over the 10,000 names against another aws
-//!   instance serving the 3,000-instance namespace, and the calls/s the registry saw at steady
-//!   state against the configured `backend.rate_limit` (pass or fail), and the CPU each thread of
-//!   both servers took during each answer-path row (they share the server core). The loaded
-//!   server's UDP thread's CPU per query, in all and in user mode (its own code, without the
-//!   kernel's send and receive), compares the answer paths apart from the refreshes' share.
+//!   memory (and per instance), the calls/s the registry saw at steady state against the
+//!   configured `backend.rate_limit` (pass or fail), and its answer path over the 10,000 names
+//!   against another aws instance serving the 3,000-instance namespace. The two are saturated in
+//!   turns of 20 ms within each of three runs (so both share the core's interruptions) and
+//!   compared as pairs: q/s, and the UDP thread's CPU per query answered, in all and in user mode
+//!   (its own code, without the kernel's send and receive), which leaves out the two refreshes'
+//!   share of the core. The CPU each thread of each server took is shown too.
 //! - **freshness**: with the server at half of its saturation (open-loop load, bench/udp_load.rs),
 //!   the time from DeregisterInstance returning to the first DNS answer without the instance:
 //!   p50/p99/max, for the embedded backend (target 10 ms) and the aws backend (target
@@ -50,6 +51,8 @@ const LOAD_CPU: usize = 1;
 const NAMESPACES: usize = 50;
 const SERVICES: usize = 10_000;
 const INSTANCES: usize = 100_000;
+/// Paired runs of the answer path (both servers loaded in turns).
+const ANSWER_PATH_RUNS: usize = 3;
 
 /// Servers are pinned to one core after they start: one runtime worker thread (and one UDP
 /// socket, in their config), as a server started on one core would have. Two workers time-sliced
@@ -122,14 +125,24 @@ fn thread_shares(threads: &[(String, f64)]) -> String {
     threads.iter().map(|(n, pct)| format!("{n} {pct:.0}%")).collect::<Vec<_>>().join(", ")
 }
 
-/// The loaded server's UDP thread's CPU per query answered, in microseconds: in all, and in
-/// user mode (the answer path's own code; the rest is the kernel's send and receive).
-fn udp_cost(loaded: &udp_load::Steal, qps: f64) -> (f64, f64) {
+/// One server's part of an answer-path run.
+struct Row {
+    report: udp_load::Report,
+    /// Its UDP thread's CPU per query answered (`udp_cost`).
+    cost: (f64, f64),
+    threads: Vec<(String, f64)>,
+}
+
+/// A server's UDP thread's CPU per query it answered over a watch of `seconds`, in
+/// microseconds: in all, and in user mode (the answer path's own code; the rest is the kernel's
+/// send and receive).
+fn udp_cost(watched: &udp_load::Steal, seconds: f64, answered: u64) -> (f64, f64) {
     let share = |threads: &[(String, f64)]| {
         threads.iter().filter(|(name, _)| name == "dns-udp").map(|(_, pct)| pct).sum::<f64>()
     };
-    let per_query = |pct: f64| if qps > 0.0 { pct * 1e4 / qps } else { f64::NAN };
-    (per_query(share(&loaded.threads)), per_query(share(&loaded.threads_user)))
+    let per_query =
+        |pct: f64| if answered > 0 { pct / 100.0 * seconds * 1e6 / answered as f64 } else { f64::NAN };
+    (per_query(share(&watched.threads)), per_query(share(&watched.threads_user)))
 }
 
 fn mib(bytes: u64) -> f64 {
@@ -214,7 +227,10 @@ async fn scale(dir: &Path) {
     );
 
     // The answer path: the same server over its 10,000 names against another aws instance
-    // serving the 3,000-instance namespace, same budget, one after the other, twice.
+    // serving the 3,000-instance namespace, same budget. Both are loaded in turns of 20 ms
+    // within each run, so that they share the core's interruptions and the machine's drift
+    // (back-to-back runs of seconds differed by up to 2x here); each run's two servers compare
+    // as a pair.
     let small_server =
         aws_server(dir, "small", &proxy.url(), &backend, &[("small.scale".into(), "small".into())]);
     warm(small_server.dns, &small_names, rate_limit * 0.8);
@@ -224,53 +240,73 @@ async fn scale(dir: &Path) {
         udp_load::pin_process(small_server.child.id(), SERVER_CPU);
     }
     let (big_q, small_q) = (queries(&names), queries(&small_names));
-    let mut rows = Vec::new();
     let load = std::thread::spawn(move || {
         if pinned {
             udp_load::pin_to(LOAD_CPU);
         }
-        // Both servers share the core: the CPU each thread of each took during a row tells the
-        // answer path's cost per query from the two refreshes' share.
-        let watched = |server: &Server, q: &[Vec<u8>]| {
-            let watches = [&big, &small_server]
-                .map(|s| udp_load::StealWatch::start(SERVER_CPU, s.dns.port(), s.child.id()));
-            let r = saturate(server.dns, q, 5.0);
-            let [on_big, on_small] = watches.map(|w| w.stop());
-            let loaded = if server.dns == big.dns { &on_big } else { &on_small };
-            let cost = udp_cost(loaded, r.qps());
-            (r, on_big.threads, on_small.threads, cost)
-        };
-        for _ in 0..2 {
-            rows.push(("100,000 instances, 10,000 names", watched(&big, &big_q)));
-            rows.push(("3,000 instances, 1,000 names", watched(&small_server, &small_q)));
-        }
-        (rows, big, small_server)
+        let servers = [&big, &small_server];
+        let targets = servers.map(|s| udp_load::Target { server: s.dns, pace: Pace::Window(200) });
+        let runs: Vec<[Row; 2]> = (0..ANSWER_PATH_RUNS)
+            .map(|_| {
+                // The CPU each thread of each server took: the answer path's cost per query
+                // apart from the two refreshes' share.
+                let watches =
+                    servers.map(|s| udp_load::StealWatch::start(SERVER_CPU, s.dns.port(), s.child.id()));
+                let started = Instant::now();
+                let reports = udp_load::run_interleaved_each(
+                    &targets,
+                    &[&big_q, &small_q],
+                    Duration::from_secs(6),
+                    Duration::from_millis(20),
+                );
+                let seconds = started.elapsed().as_secs_f64();
+                let mut rows = reports.into_iter().zip(watches).map(|(report, w)| {
+                    let watched = w.stop();
+                    Row {
+                        cost: udp_cost(&watched, seconds, report.received),
+                        report,
+                        threads: watched.threads,
+                    }
+                });
+                [(); 2].map(|_| rows.next().expect("a report per server"))
+            })
+            .collect();
+        (runs, big, small_server)
     });
-    let (rows, big, _small) = load.join().unwrap();
+    let (runs, big, _small) = load.join().unwrap();
     println!(
-        "| data | q/s | lost | bad | p50 ms | p99 ms | UDP thread us/query (user) | the 100,000-instance server's threads | the 3,000-instance server's |\n|---|---:|---:|---:|---:|---:|---:|---|---|"
+        "| run | data | q/s | lost | bad | p50 ms | p99 ms | UDP thread us/query (user) | its server's threads |\n|---|---|---:|---:|---:|---:|---:|---:|---|"
     );
-    for (what, (r, on_big, on_small, (cost, user))) in &rows {
-        println!(
-            "| {what} | {:.0} | {} | {} | {:.3} | {:.3} | {cost:.2} ({user:.2}) | {} | {} |",
-            r.qps(),
-            r.lost(),
-            r.bad + r.nxdomain,
-            r.percentile_ms(0.5),
-            r.percentile_ms(0.99),
-            thread_shares(on_big),
-            thread_shares(on_small)
-        );
+    for (i, run) in runs.iter().enumerate() {
+        for (what, row) in ["100,000 instances, 10,000 names", "3,000 instances, 1,000 names"].iter().zip(run)
+        {
+            let r = &row.report;
+            println!(
+                "| {} | {what} | {:.0} | {} | {} | {:.3} | {:.3} | {:.2} ({:.2}) | {} |",
+                i + 1,
+                r.qps(),
+                r.lost(),
+                r.bad + r.nxdomain,
+                r.percentile_ms(0.5),
+                r.percentile_ms(0.99),
+                row.cost.0,
+                row.cost.1,
+                thread_shares(&row.threads)
+            );
+        }
     }
-    let of = |label: &'static str| rows.iter().filter(move |(w, _)| w.starts_with(label)).map(|(_, row)| row);
-    let best_qps = |label| of(label).map(|(r, ..)| r.qps()).fold(0.0, f64::max);
-    let least =
-        |label, pick: fn(&(f64, f64)) -> f64| of(label).map(|(.., c)| pick(c)).fold(f64::MAX, f64::min);
+    // As fast: the 100,000-instance server's figure over the 3,000-instance one's, each run's
+    // pair compared, the median of the runs.
+    let median = |ratio: fn(&[Row; 2]) -> f64| {
+        let mut r: Vec<f64> = runs.iter().map(ratio).collect();
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    };
     println!(
-        "answer path at 100,000 instances / at 3,000: {:.2} by q/s; {:.2} by the UDP thread's CPU per query ({:.2} by its user time), the least of each",
-        best_qps("100,000") / best_qps("3,000"),
-        least("3,000", |c| c.0) / least("100,000", |c| c.0),
-        least("3,000", |c| c.1) / least("100,000", |c| c.1)
+        "answer path at 100,000 instances / at 3,000 (median of {ANSWER_PATH_RUNS} paired runs): {:.2} by q/s; {:.2} by the UDP thread's CPU per query; {:.2} by its user time",
+        median(|[big, small]| big.report.qps() / small.report.qps()),
+        median(|[big, small]| small.cost.0 / big.cost.0),
+        median(|[big, small]| small.cost.1 / big.cost.1),
     );
     println!("server RSS after the load: {:.1} MiB", mib(udp_load::rss_bytes(big.child.id())));
 }

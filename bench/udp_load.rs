@@ -287,7 +287,18 @@ pub fn run_interleaved(
     duration: Duration,
     slice: Duration,
 ) -> Vec<Report> {
-    assert!(!queries.is_empty(), "no queries");
+    let each = vec![queries; targets.len()];
+    run_interleaved_each(targets, &each, duration, slice)
+}
+
+/// `run_interleaved`, with a query list for each target (servers holding different names).
+pub fn run_interleaved_each(
+    targets: &[Target],
+    queries: &[&[Vec<u8>]],
+    duration: Duration,
+    slice: Duration,
+) -> Vec<Report> {
+    assert!(queries.len() == targets.len() && queries.iter().all(|q| !q.is_empty()), "no queries");
     assert!(!targets.is_empty() && !slice.is_zero(), "nothing to load");
     let slices_each = duration.as_nanos().div_ceil(slice.as_nanos()).max(1) as u32;
     let cycle = slice * targets.len() as u32;
@@ -325,7 +336,7 @@ pub fn run_interleaved(
                 }
                 Pace::Window(_) => 0,
             };
-            worked |= load.send(queries, (due as usize).min(BATCH), &mut out, start);
+            worked |= load.send(queries[t], (due as usize).min(BATCH), &mut out, start);
         }
         for load in &mut loads {
             worked |= load.receive(&mut inb, start);
