@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tracing::Instrument;
 
-use super::engine::{Engine, Fast, Transport};
+use super::engine::{Engine, Fast, Received, Transport};
 use super::ratelimit::{RateLimiter, Verdict};
 use arc_swap::ArcSwapOption;
 
@@ -314,7 +314,7 @@ async fn serve_udp(
             }
         };
         let packet = &buf[..len];
-        match engine.answer_cached(packet, Transport::Udp, peer.ip(), &mut out) {
+        match engine.answer_cached(packet, Transport::Udp, peer.ip(), &mut out, Received::now()) {
             Fast::Answered => {
                 if admit(limiter.load().as_deref(), peer, &mut out) {
                     let _ = reply(&socket, &out, peer, local).await;
@@ -449,6 +449,7 @@ fn serve_udp_thread(
             }
         };
         note(n == super::mmsg::BATCH);
+        let received_at = Received::now();
         if n > 1 {
             engine.prefetch_answers((0..n).filter_map(|i| received.get(i).map(|(packet, _)| packet)));
         }
@@ -456,7 +457,7 @@ fn serve_udp_thread(
         for i in 0..n {
             let Some((packet, peer)) = received.get(i) else { continue };
             let out = replies.next_buf();
-            match engine.answer_cached(packet, Transport::Udp, peer.ip(), out) {
+            match engine.answer_cached(packet, Transport::Udp, peer.ip(), out, received_at) {
                 Fast::Answered => {
                     if admit(limit.as_deref(), peer, out) {
                         replies.push(peer);

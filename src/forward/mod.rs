@@ -30,8 +30,13 @@ use crate::metrics;
 
 /// Milliseconds on a monotonic clock: cache lifetimes must not jump with the wall clock.
 pub fn mono_ms() -> u64 {
+    mono_ms_at(Instant::now())
+}
+
+/// `mono_ms` at `at`, without reading the clock again.
+pub fn mono_ms_at(at: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    at.saturating_duration_since(*START.get_or_init(Instant::now)).as_millis() as u64
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -230,19 +235,20 @@ impl Forwarder {
 
     /// The hot path: writes a cached reply into `out` if there is one to give. `zones_generation`
     /// is the zone table's current generation: an entry routed under another must be routed again.
+    /// `now` is `mono_ms` when the query was read.
     pub fn cached(
         self: &Arc<Self>,
         q: &Query,
         key: &[u8],
         zones_generation: u64,
         limit: usize,
+        now: u64,
         out: &mut Vec<u8>,
     ) -> Option<Served> {
         let e = self.cache.get(key)?;
         if e.zones_generation.load(Ordering::Relaxed) != zones_generation || !e.deps_hold() {
             return None;
         }
-        let now = mono_ms();
         if e.is_fresh(now) {
             self.write(&e, q, limit, now, false, out);
             self.maybe_prefetch(&e, key, now);
