@@ -713,6 +713,7 @@ fn thread_user_ticks(pid: u32) -> Vec<(i32, String, u64)> {
     thread_times(pid).into_iter().map(|(tid, name, user, _)| (tid, name, user)).collect()
 }
 
+/// Each thread of a process: its id, its name, its user and its system CPU time in clock ticks.
 fn thread_times(pid: u32) -> Vec<(i32, String, u64, u64)> {
     threads(pid)
         .into_iter()

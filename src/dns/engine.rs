@@ -104,7 +104,7 @@ struct Cached {
     answer: Arc<Answer>,
     marks: Option<Arc<SlotMarks>>,
     /// Where the answer's records lie on the heap (`RecordSet::heap_parts`): prefetch hints,
-    /// kept here so that `prefetch_answer` needs no read of the answer itself (a miss).
+    /// kept here so that `Engine::prefetch_answers` needs no read of the answer itself (a miss).
     records_at: [usize; 2],
     records_len: [u32; 2],
 }
