@@ -349,21 +349,26 @@ impl Engine {
     /// first buckets, found from the table's address and size alone: no read of the table's
     /// contents), then each entry found there, for its answer, its service's marks and its
     /// records (hints kept in the entry: no read of the answer either).
-    pub fn prefetch_answers<'p>(&self, packets: impl Iterator<Item = &'p [u8]> + Clone) {
+    pub fn prefetch_answers<'p>(&self, packets: impl Iterator<Item = &'p [u8]>) {
+        // Each key is made once, for both steps: back to back, inline for a batch of names of
+        // ordinary length.
+        let mut keys: SmallVec<[u8; 1536]> = SmallVec::new();
+        let mut ends: SmallVec<[usize; 32]> = SmallVec::new();
         let mut key = [0u8; KEY_ROOM];
-        for packet in packets.clone() {
-            if let Ok(q) = wire::parse_query(packet) {
-                let n = wire::key_into(&q, &mut key);
-                self.prefetch_slot(&key[..n]);
-            }
-        }
         for packet in packets {
             if let Ok(q) = wire::parse_query(packet) {
                 let n = wire::key_into(&q, &mut key);
-                if let Some(c) = self.answers.get(&key[..n]) {
-                    c.prefetch();
-                }
+                self.prefetch_slot(&key[..n]);
+                keys.extend_from_slice(&key[..n]);
+                ends.push(keys.len());
             }
+        }
+        let mut start = 0;
+        for end in ends {
+            if let Some(c) = self.answers.get(&keys[start..end]) {
+                c.prefetch();
+            }
+            start = end;
         }
     }
 
