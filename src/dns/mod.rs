@@ -7,7 +7,7 @@ pub mod engine;
 #[cfg(target_os = "linux")]
 pub mod mmsg;
 mod pktinfo;
-mod prefetch;
+pub(crate) mod prefetch;
 pub mod ratelimit;
 pub mod server;
 pub mod wire;

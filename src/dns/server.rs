@@ -27,6 +27,7 @@ use tracing::Instrument;
 
 use super::engine::{Engine, Fast, Received, Transport};
 use super::ratelimit::{RateLimiter, Verdict};
+use crate::metrics;
 use arc_swap::ArcSwapOption;
 
 /// The response rate limiter, if on; swapped on reload (SIGHUP).
@@ -314,7 +315,14 @@ async fn serve_udp(
             }
         };
         let packet = &buf[..len];
-        match engine.answer_cached(packet, Transport::Udp, peer.ip(), &mut out, Received::now()) {
+        match engine.answer_cached(
+            packet,
+            Transport::Udp,
+            peer.ip(),
+            &mut out,
+            Received::now(),
+            &mut metrics::get().direct(),
+        ) {
             Fast::Answered => {
                 if admit(limiter.load().as_deref(), peer, &mut out) {
                     let _ = reply(&socket, &out, peer, local).await;
@@ -425,6 +433,7 @@ fn serve_udp_thread(
     let sink = Sink::Thread(socket.clone());
     let mut received = RecvBatch::default();
     let mut replies = SendBatch::default();
+    let mut tally = metrics::Tally::new();
     let cache = engine.cache().clone();
     // Whether the last receive filled the batch: more queries wait behind it.
     let mut queued = false;
@@ -457,7 +466,7 @@ fn serve_udp_thread(
         for i in 0..n {
             let Some((packet, peer)) = received.get(i) else { continue };
             let out = replies.next_buf();
-            match engine.answer_cached(packet, Transport::Udp, peer.ip(), out, received_at) {
+            match engine.answer_cached(packet, Transport::Udp, peer.ip(), out, received_at, &mut tally) {
                 Fast::Answered => {
                     if admit(limit.as_deref(), peer, out) {
                         replies.push(peer);
@@ -476,6 +485,7 @@ fn serve_udp_thread(
             }
         }
         drop(limit);
+        tally.flush(received_at.at);
         replies.flush_blocking(fd);
     }
     note(false);

@@ -8,13 +8,14 @@
 //! never take a lock; inserts take the ring's.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
 use super::reply::Template;
 use crate::dns::answer::{Deps, deps_hold};
+use crate::dns::prefetch::{self, Key, KeyHasher};
 
 /// One cached reply.
 #[derive(Debug)]
@@ -36,7 +37,8 @@ pub struct Entry {
     /// Generations of namespace data it depends on (a fallthrough answer stops holding when the
     /// namespace learns the name).
     pub deps: Deps,
-    pub hits: AtomicU32,
+    /// Hit at least once since it was stored (a later hit may prefetch it).
+    pub asked_again: AtomicBool,
     pub prefetching: AtomicBool,
     referenced: AtomicBool,
     id: u64,
@@ -62,7 +64,7 @@ impl Entry {
             serving_stale_until_ms: AtomicU64::new(0),
             zones_generation: AtomicU64::new(zones_generation),
             deps,
-            hits: AtomicU32::new(0),
+            asked_again: AtomicBool::new(false),
             prefetching: AtomicBool::new(false),
             referenced: AtomicBool::new(false),
             id: 0,
@@ -96,11 +98,24 @@ impl Entry {
     }
 }
 
+/// An entry in the map, with where its template lies on the heap: prefetch hints, kept here so
+/// that `ForwardCache::prefetch_entry` needs no read of the entry itself (a miss).
+struct Slot {
+    entry: Arc<Entry>,
+    template_at: [(usize, usize); 2],
+}
+
+impl Slot {
+    fn new(entry: Arc<Entry>) -> Slot {
+        Slot { template_at: entry.template.heap_parts(), entry }
+    }
+}
+
 pub struct ForwardCache {
-    map: DashMap<Box<[u8]>, Arc<Entry>>,
+    map: DashMap<Key, Slot, KeyHasher>,
     /// Keys in insertion order, with the id of the entry they were inserted with: a key whose
     /// entry has since been replaced is a tombstone, dropped when the hand reaches it.
-    ring: Mutex<VecDeque<(Box<[u8]>, u64)>>,
+    ring: Mutex<VecDeque<(Key, u64)>>,
     bytes: AtomicUsize,
     next_id: AtomicU64,
     max_entries: AtomicUsize,
@@ -111,7 +126,7 @@ pub struct ForwardCache {
 impl ForwardCache {
     pub fn new(max_entries: usize, max_bytes: usize) -> ForwardCache {
         ForwardCache {
-            map: DashMap::new(),
+            map: DashMap::with_hasher(KeyHasher::default()),
             ring: Mutex::new(VecDeque::new()),
             bytes: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
@@ -128,9 +143,35 @@ impl ForwardCache {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<Arc<Entry>> {
-        let e = self.map.get(key)?;
-        e.referenced.store(true, Ordering::Relaxed);
-        Some(e.clone())
+        self.with(key, Arc::clone)
+    }
+
+    /// Runs `f` on the entry of `key` in place: a hit needs no count taken on the entry's `Arc`
+    /// (two atomic read-modify-writes on the hot path).
+    pub fn with<R>(&self, key: &[u8], f: impl FnOnce(&Arc<Entry>) -> R) -> Option<R> {
+        let slot = self.map.get(key)?;
+        let e = &slot.entry;
+        if !e.referenced.load(Ordering::Relaxed) {
+            e.referenced.store(true, Ordering::Relaxed);
+        }
+        Some(f(e))
+    }
+
+    /// Starts loading the lines of the map where a lookup of `key` begins (`prefetch::slot`).
+    pub fn prefetch_slot(&self, key: &[u8]) {
+        prefetch::slot(&self.map, key);
+    }
+
+    /// Starts loading what a hit on `key` reads: the entry and its template. The lookup reads
+    /// the map's slot: call `prefetch_slot` for the key a while before. Returns whether the key
+    /// is there.
+    pub fn prefetch_entry(&self, key: &[u8]) -> bool {
+        let Some(slot) = self.map.get(key) else { return false };
+        prefetch::lines(Arc::as_ptr(&slot.entry) as usize, std::mem::size_of::<Entry>());
+        for (at, len) in slot.template_at {
+            prefetch::lines(at, len);
+        }
+        true
     }
 
     pub fn len(&self) -> usize {
@@ -150,8 +191,8 @@ impl ForwardCache {
         let size = entry.size(key);
         let entry = Arc::new(entry);
         let Ok(mut ring) = self.ring.lock() else { return entry };
-        if let Some(old) = self.map.insert(key.into(), entry.clone()) {
-            self.bytes.fetch_sub(old.size(key), Ordering::Relaxed);
+        if let Some(old) = self.map.insert(key.into(), Slot::new(entry.clone())) {
+            self.bytes.fetch_sub(old.entry.size(key), Ordering::Relaxed);
         }
         self.bytes.fetch_add(size, Ordering::Relaxed);
         ring.push_back((key.into(), entry.id));
@@ -162,7 +203,7 @@ impl ForwardCache {
         while (self.map.len() > max_entries || self.bytes() > max_bytes) && budget > 0 {
             budget -= 1;
             let Some((k, id)) = ring.pop_front() else { break };
-            let Some(current) = self.map.get(&k).map(|e| e.clone()) else { continue };
+            let Some(current) = self.map.get(k.as_slice()).map(|s| s.entry.clone()) else { continue };
             if current.id != id {
                 continue; // tombstone
             }
@@ -178,13 +219,13 @@ impl ForwardCache {
                 ring.push_back((k, id));
                 continue;
             }
-            if self.map.remove_if(&k, |_, e| e.id == id).is_some() {
+            if self.map.remove_if(k.as_slice(), |_, s| s.entry.id == id).is_some() {
                 self.bytes.fetch_sub(current.size(&k), Ordering::Relaxed);
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             }
         }
         if ring.len() > 2 * self.map.len() + 1024 {
-            ring.retain(|(k, id)| self.map.get(k).is_some_and(|e| e.id == *id));
+            ring.retain(|(k, id)| self.map.get(k.as_slice()).is_some_and(|s| s.entry.id == *id));
         }
         entry
     }
@@ -194,15 +235,15 @@ impl ForwardCache {
     pub fn sweep(&self, now_ms: u64) {
         let Ok(mut ring) = self.ring.lock() else { return };
         let mut freed = 0;
-        self.map.retain(|k, e| {
-            let keep = e.may_serve_stale(now_ms);
+        self.map.retain(|k, s| {
+            let keep = s.entry.may_serve_stale(now_ms);
             if !keep {
-                freed += e.size(k);
+                freed += s.entry.size(k);
             }
             keep
         });
         self.bytes.fetch_sub(freed, Ordering::Relaxed);
-        ring.retain(|(k, id)| self.map.get(k).is_some_and(|e| e.id == *id));
+        ring.retain(|(k, id)| self.map.get(k.as_slice()).is_some_and(|s| s.entry.id == *id));
     }
 }
 
@@ -227,6 +268,24 @@ mod tests {
         assert!(c.get(b"a").is_some());
         assert!(c.get(b"b").is_none(), "the oldest unreferenced entry goes first");
         assert_eq!(c.evictions.load(Ordering::Relaxed), 1);
+    }
+
+    /// An entry's hints point at its template's bytes and records.
+    #[test]
+    fn slots_hold_where_their_template_lies() {
+        let e = Arc::new(entry(0, 60));
+        let slot = Slot::new(e.clone());
+        let question = e.template.question();
+        let [bytes, records] = slot.template_at;
+        assert!(
+            bytes.0 < question.as_ptr() as usize
+                && question.as_ptr() as usize + question.len() <= bytes.0 + bytes.1
+        );
+        assert_eq!(records, e.template.heap_parts()[1]);
+        let c = ForwardCache::new(3, usize::MAX);
+        c.insert(b"a", entry(0, 60), 0);
+        assert!(c.prefetch_entry(b"a"));
+        assert!(!c.prefetch_entry(b"b"));
     }
 
     #[test]

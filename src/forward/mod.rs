@@ -245,31 +245,41 @@ impl Forwarder {
         now: u64,
         out: &mut Vec<u8>,
     ) -> Option<Served> {
-        let e = self.cache.get(key)?;
-        if e.zones_generation.load(Ordering::Relaxed) != zones_generation || !e.deps_hold() {
-            return None;
-        }
-        if e.is_fresh(now) {
-            self.write(&e, q, limit, now, false, out);
-            self.maybe_prefetch(&e, key, now);
-            Some(Served::fresh(&e, now, metrics::Lookup::Hit))
-        } else if now < e.serving_stale_until_ms.load(Ordering::Relaxed) {
-            self.write(&e, q, limit, now, true, out);
-            Some(Served::stale(&e, now, "upstream_failed"))
-        } else {
-            None
-        }
+        self.cache
+            .with(key, |e| {
+                if e.zones_generation.load(Ordering::Relaxed) != zones_generation || !e.deps_hold() {
+                    return None;
+                }
+                if e.is_fresh(now) {
+                    self.write(e, q, limit, now, false, out);
+                    self.maybe_prefetch(e, key, now);
+                    Some(Served::fresh(e, now, metrics::Lookup::Hit))
+                } else if now < e.serving_stale_until_ms.load(Ordering::Relaxed) {
+                    self.write(e, q, limit, now, true, out);
+                    Some(Served::stale(e, now, "upstream_failed"))
+                } else {
+                    None
+                }
+            })
+            .flatten()
     }
 
     /// Unbound's prefetch: an entry asked for again in the last tenth of its TTL (at least the
     /// last second) is refreshed in the background, so popular names never expire in the cache.
-    fn maybe_prefetch(self: &Arc<Self>, e: &Arc<Entry>, key: &[u8], now: u64) {
-        let earlier_hits = e.hits.fetch_add(1, Ordering::Relaxed);
-        if !self.settings.load().prefetch || e.template.kind == Kind::Failure || earlier_hits == 0 {
+    /// Checked on every hit: the common case (asked before, not near expiry) is a load and a
+    /// subtraction, with no write to the entry and no load of the settings.
+    fn maybe_prefetch(self: &Arc<Self>, e: &Entry, key: &[u8], now: u64) {
+        if !e.asked_again.load(Ordering::Relaxed) {
+            // The first hit: a name asked for once is not worth refreshing.
+            e.asked_again.store(true, Ordering::Relaxed);
             return;
         }
         let window = (e.ttl as u64 * 100).max(1000);
-        if e.expires_ms().saturating_sub(now) > window || e.prefetching.swap(true, Ordering::Relaxed) {
+        if e.expires_ms().saturating_sub(now) > window
+            || e.template.kind == Kind::Failure
+            || !self.settings.load().prefetch
+            || e.prefetching.swap(true, Ordering::Relaxed)
+        {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };

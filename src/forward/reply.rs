@@ -217,6 +217,14 @@ impl Template {
         self.bytes.len() + self.records.len() * std::mem::size_of::<Rr>() + std::mem::size_of::<Self>()
     }
 
+    /// Where its bytes and its records lie on the heap (address, length): prefetch hints.
+    pub fn heap_parts(&self) -> [(usize, usize); 2] {
+        [
+            (self.bytes.as_ptr() as usize, self.bytes.len()),
+            (self.records.as_ptr() as usize, std::mem::size_of_val(&*self.records)),
+        ]
+    }
+
     /// The question as it was sent upstream.
     pub fn question(&self) -> &[u8] {
         &self.bytes[wire::HEADER_LEN..self.question_end]
