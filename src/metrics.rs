@@ -2,8 +2,8 @@
 //! label sets, every known label combination created at start so dashboards see zeros rather
 //! than missing series.
 //!
-//! The query path only touches pre-resolved handles (an atomic add, a histogram observe); no
-//! label lookup happens per query. Gauges that mirror state (cache sizes, upstream health, the
+//! The query path only touches pre-resolved handles (an atomic add, a histogram observe; on the
+//! UDP loop, a `Tally` added to them once per received batch); no label lookup happens per query. Gauges that mirror state (cache sizes, upstream health, the
 //! backend's rate budget) are set when `/metrics` is scraped (`app`).
 
 // Metric definitions are static: one that fails to build is a programming error that every test

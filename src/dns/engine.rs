@@ -824,6 +824,15 @@ mod tests {
         }
     }
 
+    /// Asks `query` from outside the loopback ACL: answered at once, REFUSED.
+    fn refused_from_outside(engine: &Engine, query: &[u8], received: Received, counts: &mut impl Counts) {
+        let mut out = Vec::new();
+        let fast =
+            engine.answer_cached(query, Transport::Udp, [192, 0, 2, 1].into(), &mut out, received, counts);
+        assert!(matches!(fast, Fast::Answered));
+        assert_eq!(out[3] & 0x0f, RCODE_REFUSED);
+    }
+
     /// A query's latency counts from when it was read (`Received`, once per batch), not from
     /// when the loop came to it.
     #[test]
@@ -835,18 +844,7 @@ mod tests {
         // REFUSED (counted under `refused`) without any lookup.
         let received = Received { at: Instant::now() - Duration::from_millis(300), wall_ms: now_ms() };
         let before = duration_sum("refused");
-        let mut out = Vec::new();
-        let mut counts = metrics::get().direct();
-        let fast = engine.answer_cached(
-            &query,
-            Transport::Udp,
-            [192, 0, 2, 1].into(),
-            &mut out,
-            received,
-            &mut counts,
-        );
-        assert!(matches!(fast, Fast::Answered));
-        assert_eq!(out[3] & 0x0f, RCODE_REFUSED);
+        refused_from_outside(&engine, &query, received, &mut metrics::get().direct());
         assert!(duration_sum("refused") - before >= 0.3, "latency counted from when the query was read");
     }
 
@@ -862,17 +860,7 @@ mod tests {
         let (before, sum_before) = (queries_counted("refused", "HTTPS", "REFUSED"), duration_sum("refused"));
         let mut tally = metrics::Tally::new();
         for _ in 0..2 {
-            let mut out = Vec::new();
-            let fast = engine.answer_cached(
-                &query,
-                Transport::Udp,
-                [192, 0, 2, 1].into(),
-                &mut out,
-                received,
-                &mut tally,
-            );
-            assert!(matches!(fast, Fast::Answered));
-            assert_eq!(out[3] & 0x0f, RCODE_REFUSED);
+            refused_from_outside(&engine, &query, received, &mut tally);
         }
         assert_eq!(
             queries_counted("refused", "HTTPS", "REFUSED"),
