@@ -161,9 +161,7 @@ impl Received {
 
 pub struct Engine {
     cache: Arc<Cache>,
-    /// Hashed with foldhash, seeded at random per process: a hit hashes its key three times
-    /// (two prefetch steps and the lookup), and SipHash was 1.2% of the core at saturation.
-    /// Without the seed, names cannot be chosen to collide.
+    /// Keyed and hashed as `prefetch::slot` expects (`prefetch::Key`, `prefetch::KeyHasher`).
     answers: DashMap<prefetch::Key, Cached, prefetch::KeyHasher>,
     /// Every insertion into `answers` in order, with the answer's address: when full, the
     /// oldest goes (if that key still holds that answer). A flood of new names evicts one entry
@@ -357,37 +355,28 @@ impl Engine {
             }
         }
         let forwarder = self.forwarder.load();
-        // Keys not in the answer map, by their place in `ends`.
-        let mut forwarded = 0u64;
+        // Where in `keys` the keys the answer map lacks lie.
+        let mut forwarded: SmallVec<[(usize, usize); 32]> = SmallVec::new();
         let mut found = Prefetched::default();
         let mut start = 0;
-        for (i, &end) in ends.iter().enumerate() {
+        for end in ends {
             match self.answers.get(&keys[start..end - 1]) {
                 Some(c) => {
                     c.prefetch();
                     found.answers += 1;
                 }
                 None => {
-                    if let Some(f) = forwarder.as_ref()
-                        && i < 64
-                    {
+                    if let Some(f) = forwarder.as_ref() {
                         f.cache().prefetch_slot(&keys[start..end]);
-                        forwarded |= 1 << i;
+                        forwarded.push((start, end));
                     }
                 }
             }
             start = end;
         }
-        if let Some(f) = forwarder.as_ref()
-            && forwarded != 0
-        {
-            let mut start = 0;
-            for (i, &end) in ends.iter().enumerate() {
-                if forwarded & (1 << i) != 0 && f.cache().prefetch_entry(&keys[start..end]) {
-                    found.forwarded += 1;
-                }
-                start = end;
-            }
+        if let Some(f) = forwarder.as_ref() {
+            found.forwarded =
+                forwarded.into_iter().filter(|&(s, e)| f.cache().prefetch_entry(&keys[s..e])).count();
         }
         found
     }

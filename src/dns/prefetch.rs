@@ -1,8 +1,6 @@
 //! CPU cache prefetches for the hot path: hints that start loading memory a later step will
 //! read, so that the misses of several queries overlap instead of coming one after another.
 
-use std::hash::BuildHasher;
-
 use dashmap::DashMap;
 use smallvec::SmallVec;
 
@@ -60,10 +58,7 @@ pub fn slot<V>(map: &DashMap<Key, V, KeyHasher>, key: &[u8]) {
 /// hashbrown's table keeps its control bytes from `data_end` on and bucket `i` just below
 /// `data_end - i * size` (its documented layout); were that to change, the hint would only miss
 /// (`cached_keys_are_found_where_their_slot_is_loaded` would fail).
-fn slot_lines<V, S: BuildHasher + Clone>(
-    map: &DashMap<Key, V, S>,
-    key: &[u8],
-) -> ((usize, usize), (usize, usize)) {
+fn slot_lines<V>(map: &DashMap<Key, V, KeyHasher>, key: &[u8]) -> ((usize, usize), (usize, usize)) {
     fn element_size<T>(_: std::ptr::NonNull<T>) -> usize {
         std::mem::size_of::<T>()
     }
