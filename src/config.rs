@@ -71,7 +71,8 @@ pub struct DnsConfig {
     pub server_name: String,
     pub tcp_idle_timeout_ms: u64,
     pub tcp_max_connections: usize,
-    /// UDP sockets per listener (SO_REUSEPORT), each read by its own loop; 0 = one per CPU.
+    /// UDP sockets per listener (SO_REUSEPORT), each read by its own loop; 0 = one per CPU, and
+    /// at most that many.
     pub udp_workers: usize,
     /// Bound on the pre-encoded answer cache (entries).
     pub max_cached_answers: usize,

@@ -66,6 +66,15 @@ impl RecvBatch {
     /// On a socket in blocking mode: waits for a datagram (up to the socket's read timeout)
     /// and takes, up to `BATCH`, what else is queued.
     pub fn recv_blocking(&mut self, fd: i32) -> io::Result<usize> {
+        self.recv(fd, libc::MSG_WAITFORONE)
+    }
+
+    /// Takes up to `BATCH` queued datagrams without waiting (`WouldBlock` when there are none).
+    pub fn recv_queued(&mut self, fd: i32) -> io::Result<usize> {
+        self.recv(fd, libc::MSG_DONTWAIT)
+    }
+
+    fn recv(&mut self, fd: i32, flags: libc::c_int) -> io::Result<usize> {
         for i in 0..BATCH {
             self.iovs[i] =
                 libc::iovec { iov_base: self.bufs[i * MAX_QUERY..].as_mut_ptr().cast(), iov_len: MAX_QUERY };
@@ -80,15 +89,8 @@ impl RecvBatch {
             h.msg_len = 0;
         }
         // SAFETY: every header points at live buffers of the stated sizes, owned by `self`.
-        let n = unsafe {
-            libc::recvmmsg(
-                fd,
-                self.hdrs.as_mut_ptr(),
-                BATCH as u32,
-                libc::MSG_WAITFORONE,
-                std::ptr::null_mut(),
-            )
-        };
+        let n =
+            unsafe { libc::recvmmsg(fd, self.hdrs.as_mut_ptr(), BATCH as u32, flags, std::ptr::null_mut()) };
         if n < 0 { Err(io::Error::last_os_error()) } else { Ok(n as usize) }
     }
 

@@ -61,6 +61,24 @@ fn admit(limiter: Option<&RateLimiter>, peer: SocketAddr, response: &mut Vec<u8>
     }
 }
 
+/// CPUs this process may run on (its affinity mask and cgroup quota, as the OS reports them).
+pub fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Shares the UDP sockets out among at most `cpus` threads, round robin: with several listener
+/// addresses there can be more sockets than CPUs, and two busy loops on one core take turns and
+/// lose ~6% to the switching (bench/README.md, *Multi-core*), so a thread may read several.
+#[cfg(target_os = "linux")]
+fn udp_thread_shares<T>(sockets: Vec<T>, cpus: usize) -> Vec<Vec<T>> {
+    let threads = sockets.len().min(cpus.max(1));
+    let mut shares: Vec<Vec<T>> = (0..threads).map(|_| Vec::new()).collect();
+    for (i, s) in sockets.into_iter().enumerate() {
+        shares[i % threads].push(s);
+    }
+    shares
+}
+
 /// Bound sockets, ready to serve.
 pub struct Listeners {
     pub udp: Vec<UdpSocket>,
@@ -69,12 +87,23 @@ pub struct Listeners {
 
 impl Listeners {
     /// Binds UDP and TCP on every address; the OS-chosen port of `:0` is shared by both. Each
-    /// address gets `udp_workers` UDP sockets (0: one per CPU this process may use), bound with
-    /// SO_REUSEPORT so the kernel spreads clients over them and each is read by its own loop:
-    /// throughput grows with cores, and no socket's receive queue is shared.
+    /// address gets `udp_workers` UDP sockets, at most (and with 0, exactly) one per CPU this
+    /// process may run on, bound with SO_REUSEPORT so the kernel spreads clients over them and no
+    /// socket's receive queue is shared. Each is read by a loop of its own (`spawn`). More
+    /// sockets than CPUs would only split the queries into smaller batches, and their loops
+    /// would take turns on a core (bench/README.md, *Multi-core*).
     pub async fn bind(addrs: &[SocketAddr], udp_workers: usize) -> std::io::Result<Listeners> {
+        let cpus = usable_cpus();
         let workers = match udp_workers {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => cpus,
+            n if n > cpus => {
+                tracing::info!(
+                    udp_workers = n,
+                    cpus,
+                    "dns.udp_workers is {n}: {cpus} per listener, one per CPU this process may run on"
+                );
+                cpus
+            }
             n => n,
         };
         let mut l = Listeners { udp: Vec::new(), tcp: Vec::new() };
@@ -235,30 +264,15 @@ pub fn spawn(
     let (stop, stopped) = watch::channel(false);
     let inflight = Arc::new(InFlight::default());
     let mut tasks = Vec::new();
+    #[cfg(target_os = "linux")]
+    let mut threaded = Vec::new();
     for socket in listeners.udp {
         #[cfg(target_os = "linux")]
         {
             let wildcard = socket.local_addr().is_ok_and(|a| a.ip().is_unspecified());
             if !wildcard {
                 match socket.into_std() {
-                    Ok(std_socket) => {
-                        let io = (Arc::new(std_socket), stopped.clone(), inflight.clone());
-                        let (engine, limiter) = (engine.clone(), limiter.clone());
-                        let handle = tokio::runtime::Handle::current();
-                        // A thread of its own, named, rather than one of the runtime's blocking
-                        // pool, which it would hold for good.
-                        let (done, finished) = tokio::sync::oneshot::channel::<()>();
-                        let thread = std::thread::Builder::new().name("dns-udp".into()).spawn(move || {
-                            serve_udp_thread(io, engine, limiter, handle);
-                            let _ = done.send(());
-                        });
-                        match thread {
-                            Ok(_) => tasks.push(tokio::spawn(async move {
-                                let _ = finished.await;
-                            })),
-                            Err(e) => tracing::error!(error = %e, "cannot start a UDP thread"),
-                        }
-                    }
+                    Ok(std_socket) => threaded.push(Arc::new(std_socket)),
                     Err(e) => tracing::error!(error = %e, "cannot take a UDP socket off the reactor"),
                 }
                 continue;
@@ -266,6 +280,40 @@ pub fn spawn(
         }
         let io = (Arc::new(socket), stopped.clone(), inflight.clone());
         tasks.push(tokio::spawn(serve_udp(io, engine.clone(), limiter.clone())));
+    }
+    #[cfg(target_os = "linux")]
+    let shares = {
+        let (sockets, cpus) = (threaded.len(), usable_cpus());
+        let shares = udp_thread_shares(threaded, cpus);
+        if sockets > 0 {
+            tracing::info!(
+                sockets,
+                threads = shares.len(),
+                cpus,
+                "UDP sockets read by {} threads",
+                shares.len()
+            );
+        }
+        shares
+    };
+    #[cfg(target_os = "linux")]
+    for sockets in shares {
+        let io = (sockets, stopped.clone(), inflight.clone());
+        let (engine, limiter) = (engine.clone(), limiter.clone());
+        let handle = tokio::runtime::Handle::current();
+        // A thread of its own, named, rather than one of the runtime's blocking pool, which it
+        // would hold for good.
+        let (done, finished) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new().name("dns-udp".into()).spawn(move || {
+            serve_udp_thread(io, engine, limiter, handle);
+            let _ = done.send(());
+        });
+        match thread {
+            Ok(_) => tasks.push(tokio::spawn(async move {
+                let _ = finished.await;
+            })),
+            Err(e) => tracing::error!(error = %e, "cannot start a UDP thread"),
+        }
     }
     let connections = Arc::new(Semaphore::new(settings.tcp_max_connections));
     for listener in listeners.tcp {
@@ -408,32 +456,44 @@ impl Sink {
     }
 }
 
-/// The UDP loop on its own thread (Linux, sockets bound to one address): the socket is off
-/// tokio's reactor and in blocking mode; `recvmmsg` waits for a datagram and takes what else is
-/// queued, cache hits go out in one `sendmmsg`, misses go to tasks as in `serve_udp`.
+/// The UDP loop on its own thread (Linux, sockets bound to one address): its sockets are off
+/// tokio's reactor and in blocking mode (a full send buffer holds the loop rather than dropping
+/// answers); `recvmmsg` takes what is queued, cache hits go out in one `sendmmsg`, misses go to
+/// tasks as in `serve_udp`. One socket is waited on in `recvmmsg` itself. Several (more sockets
+/// than CPUs) are read in turns, a batch from each, and waited on together in `poll` when all
+/// are empty: at saturation the thread goes from socket to socket without a system call between.
 #[cfg(target_os = "linux")]
 fn serve_udp_thread(
-    (socket, stopped, inflight): (Arc<std::net::UdpSocket>, watch::Receiver<bool>, Arc<InFlight>),
+    (sockets, stopped, inflight): (Vec<Arc<std::net::UdpSocket>>, watch::Receiver<bool>, Arc<InFlight>),
     engine: Arc<Engine>,
     limiter: SharedLimiter,
     runtime: tokio::runtime::Handle,
 ) {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsFd, AsRawFd};
 
-    use super::mmsg::{RecvBatch, SendBatch};
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+
+    use super::mmsg::{BATCH, RecvBatch};
     let _runtime = runtime.enter();
     // Woken at least this often to see whether to stop.
-    if let Err(e) =
-        socket.set_nonblocking(false).and_then(|_| socket.set_read_timeout(Some(Duration::from_millis(100))))
-    {
-        tracing::error!(error = %e, "cannot set up the UDP socket for its thread");
-        return;
+    let wake = Duration::from_millis(100);
+    let one = sockets.len() == 1;
+    for socket in &sockets {
+        let set_up = socket.set_nonblocking(false).and_then(|_| socket.set_read_timeout(one.then_some(wake)));
+        if let Err(e) = set_up {
+            tracing::error!(error = %e, "cannot set up a UDP socket for its thread");
+            return;
+        }
     }
-    let fd = socket.as_raw_fd();
-    let sink = Sink::Thread(socket.clone());
-    let mut received = RecvBatch::default();
-    let mut replies = SendBatch::default();
-    let mut tally = metrics::Tally::new();
+    let mut batch = UdpBatch {
+        received: RecvBatch::default(),
+        replies: super::mmsg::SendBatch::default(),
+        tally: metrics::Tally::new(),
+        engine: &engine,
+        limiter: &limiter,
+        inflight: &inflight,
+    };
+    let sinks: Vec<Sink> = sockets.iter().map(|s| Sink::Thread(s.clone())).collect();
     let cache = engine.cache().clone();
     // Whether the last receive filled the batch: more queries wait behind it.
     let mut queued = false;
@@ -443,21 +503,66 @@ fn serve_udp_thread(
             cache.backlog().mark(full);
         }
     };
+    let unexpected = |e: &std::io::Error| {
+        if !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+            tracing::debug!(error = %e, "UDP receive failed");
+        }
+    };
     // Until told to stop (or the sender is gone).
     while !*stopped.borrow() && stopped.has_changed().is_ok() {
-        let n = match received.recv_blocking(fd) {
-            Ok(n) => n,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                note(false);
-                continue;
+        if one {
+            let fd = sockets[0].as_raw_fd();
+            match batch.received.recv_blocking(fd) {
+                Ok(n) => {
+                    note(n == BATCH);
+                    batch.answer(n, fd, &sinks[0]);
+                }
+                Err(e) => {
+                    unexpected(&e);
+                    note(false);
+                }
             }
-            Err(e) => {
-                tracing::debug!(error = %e, "UDP receive failed");
-                note(false);
-                continue;
+            continue;
+        }
+        let mut any = false;
+        let mut full = false;
+        for (socket, sink) in sockets.iter().zip(&sinks) {
+            let fd = socket.as_raw_fd();
+            match batch.received.recv_queued(fd) {
+                Ok(n) => {
+                    (any, full) = (true, full || n == BATCH);
+                    batch.answer(n, fd, sink);
+                }
+                Err(e) => unexpected(&e),
             }
-        };
-        note(n == super::mmsg::BATCH);
+        }
+        note(full);
+        if !any {
+            let mut fds: Vec<PollFd> =
+                sockets.iter().map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN)).collect();
+            let _ = poll(&mut fds, PollTimeout::from(wake.as_millis() as u16));
+        }
+    }
+    note(false);
+}
+
+/// One UDP thread's buffers and counts, and what answering a batch needs.
+#[cfg(target_os = "linux")]
+struct UdpBatch<'a> {
+    received: super::mmsg::RecvBatch,
+    replies: super::mmsg::SendBatch,
+    tally: metrics::Tally,
+    engine: &'a Arc<Engine>,
+    limiter: &'a SharedLimiter,
+    inflight: &'a Arc<InFlight>,
+}
+
+#[cfg(target_os = "linux")]
+impl UdpBatch<'_> {
+    /// Answers the `n` datagrams just received on `fd`: hits from the cache, the rest through
+    /// `miss`; what is answered here leaves in one `sendmmsg`.
+    fn answer(&mut self, n: usize, fd: i32, sink: &Sink) {
+        let UdpBatch { received, replies, tally, engine, limiter, inflight } = self;
         let received_at = Received::now();
         if n > 1 {
             engine.prefetch_answers((0..n).filter_map(|i| received.get(i).map(|(packet, _)| packet)));
@@ -466,7 +571,7 @@ fn serve_udp_thread(
         for i in 0..n {
             let Some((packet, peer)) = received.get(i) else { continue };
             let out = replies.next_buf();
-            match engine.answer_cached(packet, Transport::Udp, peer.ip(), out, received_at, &mut tally) {
+            match engine.answer_cached(packet, Transport::Udp, peer.ip(), out, received_at, tally) {
                 Fast::Answered => {
                     if admit(limit.as_deref(), peer, out) {
                         replies.push(peer);
@@ -474,7 +579,7 @@ fn serve_udp_thread(
                 }
                 Fast::Dropped => {}
                 Fast::Miss => {
-                    if let Some(response) = miss(packet, peer, None, (&sink, &engine, &limiter, &inflight)) {
+                    if let Some(response) = miss(packet, peer, None, (sink, engine, limiter, inflight)) {
                         let out = replies.next_buf();
                         out.extend_from_slice(&response);
                         if admit(limit.as_deref(), peer, out) {
@@ -488,7 +593,6 @@ fn serve_udp_thread(
         tally.flush(received_at.at);
         replies.flush_blocking(fd);
     }
-    note(false);
 }
 
 async fn reply(
@@ -592,6 +696,16 @@ async fn serve_connection(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn sockets_are_shared_out_among_at_most_one_thread_per_cpu() {
+        assert_eq!(udp_thread_shares(vec![1, 2, 3, 4], 2), vec![vec![1, 3], vec![2, 4]]);
+        assert_eq!(udp_thread_shares(vec![1, 2], 8), vec![vec![1], vec![2]]);
+        assert_eq!(udp_thread_shares(vec![1, 2, 3], 1), vec![vec![1, 2, 3]]);
+        assert_eq!(udp_thread_shares(vec![1], 0), vec![vec![1]]);
+        assert!(udp_thread_shares(Vec::<u8>::new(), 4).is_empty());
+    }
 
     /// The buffer asked for is granted (the kernel reports twice what it keeps for bookkeeping),
     /// up to rmem_max where the process may not force it.

@@ -49,7 +49,28 @@ impl Server {
 
     /// As `start_in`, with these environment variables set over the defaults.
     pub fn start_in_env(data_dir: &Path, env: &[(&str, &str)], extra: &[&str]) -> Result<Server, String> {
-        let mut child = Command::new(BIN)
+        Server::launch(Command::new(BIN), data_dir, env, extra)
+    }
+
+    /// As `start`, with the server allowed to run on CPU `cpu` only (`taskset`), as if the host
+    /// had one.
+    pub fn start_on_cpu(cpu: usize, extra: &[&str]) -> Server {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut taskset = Command::new("taskset");
+        taskset.args(["-c", &cpu.to_string(), BIN]);
+        let mut server =
+            Server::launch(taskset, &tmp.path().join("data"), &[], extra).expect("server starts");
+        server._tmp = Some(tmp);
+        server
+    }
+
+    fn launch(
+        mut command: Command,
+        data_dir: &Path,
+        env: &[(&str, &str)],
+        extra: &[&str],
+    ) -> Result<Server, String> {
+        let mut child = command
             // Credentials and region for the aws backend; no instance metadata to ask.
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
