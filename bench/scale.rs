@@ -15,7 +15,10 @@
 //!   turns of 20 ms within each of three runs (so both share the core's interruptions) and
 //!   compared as pairs: q/s, and the UDP thread's CPU per query answered, in all and in user mode
 //!   (its own code, without the kernel's send and receive), which leaves out the two refreshes'
-//!   share of the core. The CPU each thread of each server took is shown too.
+//!   share of the core. The CPU each thread of each server took is shown too. Then the same
+//!   comparison between two embedded-backend servers, where no refresh runs: the registry
+//!   itself (100,000 + 3,000 instances, the namespaces are zones of their names) over the
+//!   10,000 names, and a registry holding only the 300 x 10 namespace.
 //! - **freshness**: with the server at half of its saturation (open-loop load, bench/udp_load.rs),
 //!   the time from DeregisterInstance returning to the first DNS answer without the instance:
 //!   p50/p99/max, for the embedded backend (target 10 ms) and the aws backend (target
@@ -74,7 +77,7 @@ fn two_cpus() -> bool {
 
 /// The registry every scenario registers through: raised quotas (the scale data is 50
 /// namespaces of 2,000 instances, AWS's default per-namespace quota, plus the others).
-fn registry(dir: &Path) -> Server {
+fn start_registry(dir: &Path) -> Server {
     let conf = dir.join("registry.toml");
     let text =
         "[dns]\nudp_workers = 1\n[registry.quotas]\nnamespaces = 100\ninstances_per_namespace = 100000\n";
@@ -158,7 +161,7 @@ async fn scale(dir: &Path) {
     let rate_limit: f64 = env_or("SCALE_RATE_LIMIT", 500.0);
     let window = Duration::from_secs(env_or("SCALE_WINDOW_S", 30));
     println!("## scale: {NAMESPACES} namespaces, {SERVICES} services, {INSTANCES} instances (aws backend)");
-    let registry = registry(dir);
+    let registry = start_registry(dir);
     let c = registry.client();
     let gate = Arc::new(Semaphore::new(32));
     let started = Instant::now();
@@ -232,35 +235,70 @@ async fn scale(dir: &Path) {
     );
 
     // The answer path: the same server over its 10,000 names against another aws instance
-    // serving the 3,000-instance namespace, same budget. Both are loaded in turns of 20 ms
-    // within each run, so that they share the core's interruptions and the machine's drift
-    // (back-to-back runs of seconds differed by up to 2x here); each run's two servers compare
-    // as a pair.
+    // serving the 3,000-instance namespace, same budget.
     let small_server =
         aws_server(dir, "small", &proxy.url(), &backend, &[("small.scale".into(), "small".into())]);
     warm(small_server.dns, &small_names, rate_limit * 0.8);
+    compare_answer_paths("aws backend", [&big, &small_server], [&names, &small_names]);
+    println!("server RSS after the load: {:.1} MiB", mib(udp_load::rss_bytes(big.child.id())));
+    drop((big, small_server));
+
+    // The same comparison between two embedded-backend servers: the registry itself (its 50
+    // namespaces and the small one are zones of their names), and one holding only the 300 x 10
+    // namespace. No refresh runs in either, so this is the data's scale alone; above, each aws
+    // server's refresh also shares the core, and the big one's refetches every service it
+    // re-validates (each is re-validated every 20 s within the budget, past `health_refresh_ms`).
+    let small_dir = dir.join("small-registry");
+    std::fs::create_dir_all(&small_dir).unwrap();
+    let small_registry = start_registry(&small_dir);
+    let small_id = loader::namespace(&small_registry.client(), "small").await;
+    loader::load(&small_registry.client(), &small_id, loader::synthetic(SMALL_SERVICES, 3_000), &gate).await;
+    let embedded_names: Vec<String> =
+        names.iter().map(|n| n.trim_end_matches(".scale").to_string()).collect();
+    let embedded_small: Vec<String> =
+        small_names.iter().map(|n| n.trim_end_matches(".scale").to_string()).collect();
+    warm(registry.dns, &embedded_names, 20_000.0);
+    warm(small_registry.dns, &embedded_small, 20_000.0);
+    println!(
+        "embedded registry RSS with {} instances stored and {SERVICES} services' answers cached: {:.1} MiB",
+        INSTANCES + 3_000,
+        mib(udp_load::rss_bytes(registry.child.id()))
+    );
+    compare_answer_paths(
+        "embedded backend",
+        [&registry, &small_registry],
+        [&embedded_names, &embedded_small],
+    );
+}
+
+/// The answer paths of two servers (the first over the 10,000 names at scale, the second over
+/// the 300 of the comparison namespace), saturated in turns of 20 ms within each of
+/// `ANSWER_PATH_RUNS` runs, so that they share the core's interruptions and the machine's drift
+/// (back-to-back runs of seconds differed by up to 2x here); each run's two servers compare as a
+/// pair, and the median of the pairs is reported.
+fn compare_answer_paths(what: &str, servers: [&Server; 2], names: [&[String]; 2]) {
     let pinned = two_cpus();
     if pinned {
-        udp_load::pin_process(pid, SERVER_CPU);
-        udp_load::pin_process(small_server.child.id(), SERVER_CPU);
+        for s in servers {
+            udp_load::pin_process(s.child.id(), SERVER_CPU);
+        }
     }
-    let (big_q, small_q) = (queries(&names), queries(&small_names));
+    let queries = names.map(queries);
+    let targets = servers.map(|s| udp_load::Target { server: s.dns, pace: Pace::Window(200) });
+    let watched = servers.map(|s| (s.dns.port(), s.child.id()));
     let load = std::thread::spawn(move || {
         if pinned {
             udp_load::pin_to(LOAD_CPU);
         }
-        let servers = [&big, &small_server];
-        let targets = servers.map(|s| udp_load::Target { server: s.dns, pace: Pace::Window(200) });
-        let runs: Vec<[Row; 2]> = (0..ANSWER_PATH_RUNS)
+        (0..ANSWER_PATH_RUNS)
             .map(|_| {
                 // The CPU each thread of each server took: the answer path's cost per query
-                // apart from the two refreshes' share.
-                let watches =
-                    servers.map(|s| udp_load::StealWatch::start(SERVER_CPU, s.dns.port(), s.child.id()));
+                // apart from the refreshes' share.
+                let watches = watched.map(|(port, pid)| udp_load::StealWatch::start(SERVER_CPU, port, pid));
                 let started = Instant::now();
                 let reports = udp_load::run_interleaved_each(
                     &targets,
-                    &[&big_q, &small_q],
+                    &[&queries[0], &queries[1]],
                     Duration::from_secs(6),
                     Duration::from_millis(20),
                 );
@@ -275,18 +313,18 @@ async fn scale(dir: &Path) {
                 });
                 [(); 2].map(|_| rows.next().expect("a report per server"))
             })
-            .collect();
-        (runs, big, small_server)
+            .collect::<Vec<[Row; 2]>>()
     });
-    let (runs, big, _small) = load.join().unwrap();
+    let runs = load.join().unwrap();
+    println!("answer path, {what}:");
     println!(
         "| run | data | q/s | lost | bad | p50 ms | p99 ms | UDP thread us/query (user) | its server's threads |\n|---|---|---:|---:|---:|---:|---:|---:|---|"
     );
     for (i, run) in runs.iter().enumerate() {
-        for (what, row) in ["100,000 instances, 10,000 names", "3,000 instances, 300 names"].iter().zip(run) {
+        for (data, row) in ["100,000 instances, 10,000 names", "3,000 instances, 300 names"].iter().zip(run) {
             let r = &row.report;
             println!(
-                "| {} | {what} | {:.0} | {} | {} | {:.3} | {:.3} | {:.2} ({:.2}) | {} |",
+                "| {} | {data} | {:.0} | {} | {} | {:.3} | {:.3} | {:.2} ({:.2}) | {} |",
                 i + 1,
                 r.qps(),
                 r.lost(),
@@ -307,12 +345,11 @@ async fn scale(dir: &Path) {
         r[r.len() / 2]
     };
     println!(
-        "answer path at 100,000 instances / at 3,000 (median of {ANSWER_PATH_RUNS} paired runs): {:.2} by q/s; {:.2} by the UDP thread's CPU per query; {:.2} by its user time",
+        "answer path at 100,000 instances / at 3,000, {what} (median of {ANSWER_PATH_RUNS} paired runs): {:.2} by q/s; {:.2} by the UDP thread's CPU per query; {:.2} by its user time",
         median(|[big, small]| big.report.qps() / small.report.qps()),
         median(|[big, small]| small.cost.0 / big.cost.0),
         median(|[big, small]| small.cost.1 / big.cost.1),
     );
-    println!("server RSS after the load: {:.1} MiB", mib(udp_load::rss_bytes(big.child.id())));
 }
 
 /// Asks `name` every `poll` (the resolution of the reading) until its A records satisfy `want`;
@@ -526,7 +563,7 @@ async fn freshness(dir: &Path) {
     let samples: usize = env_or("FRESH_SAMPLES", 200);
     let aws_samples: usize = env_or("FRESH_AWS_SAMPLES", 60);
     println!("## freshness under load: DeregisterInstance returned -> first answer without the instance");
-    let registry = registry(dir);
+    let registry = start_registry(dir);
     let c = registry.client();
     let ns = loader::namespace(&c, "fresh").await;
     let data = loader::synthetic(1_000, 3_000);
