@@ -1,5 +1,6 @@
-//! UDP worker sockets (SO_REUSEPORT), against the real binary: every worker socket is read, and
-//! a second server cannot join the group on a port that is already taken.
+//! UDP worker sockets (SO_REUSEPORT), against the real binary: every worker socket is read, a
+//! second server cannot join the group on a port that is already taken, and there are never more
+//! sockets per listener, or UDP threads, than CPUs.
 
 mod common;
 
@@ -93,10 +94,9 @@ fn udp_sockets_get_a_thread_each_up_to_one_per_cpu() {
     let (server, _dir) = start_with_workers(2);
     // Answered: the listeners' threads are running.
     assert_eq!(a(&parse(&udp(server.dns, &query("orders.demo", A)))).len(), 2);
-    let cpus = std::thread::available_parallelism().unwrap().get();
     assert_eq!(
         udp_threads(&server),
-        2.min(cpus),
+        2.min(cpus()),
         "a thread per worker socket, up to one per CPU: {:?}",
         thread_names(&server)
     );
@@ -115,6 +115,7 @@ fn on_one_cpu_one_thread_reads_every_listener() {
     let server = Server::start_on_cpu(a_cpu_of_ours(), &extra);
     assert_eq!(udp_sockets_on(server.dns.port()), 1, "one socket per listener on one CPU");
     let log = server.log_text();
+    assert!(log.contains("dns.udp_workers is 4: 1 per listener"), "the cap is logged:\n{log}");
     let second: SocketAddr = log
         .split("listening for DNS on UDP 127.0.0.2:")
         .nth(1)

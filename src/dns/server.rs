@@ -286,13 +286,8 @@ pub fn spawn(
         let (sockets, cpus) = (threaded.len(), usable_cpus());
         let shares = udp_thread_shares(threaded, cpus);
         if sockets > 0 {
-            tracing::info!(
-                sockets,
-                threads = shares.len(),
-                cpus,
-                "UDP sockets read by {} threads",
-                shares.len()
-            );
+            let threads = shares.len();
+            tracing::info!(sockets, threads, cpus, "UDP: {sockets} socket(s) read by {threads} thread(s)");
         }
         shares
     };
