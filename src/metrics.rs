@@ -3,8 +3,9 @@
 //! than missing series.
 //!
 //! The query path only touches pre-resolved handles (an atomic add, a histogram observe; on the
-//! UDP loop, a `Tally` added to them once per received batch); no label lookup happens per query. Gauges that mirror state (cache sizes, upstream health, the
-//! backend's rate budget) are set when `/metrics` is scraped (`app`).
+//! UDP loop, a `Tally` added to them once per received batch); no label lookup happens per
+//! query. Gauges that mirror state (cache sizes, upstream health, the backend's rate budget) are
+//! set when `/metrics` is scraped (`app`).
 
 // Metric definitions are static: one that fails to build is a programming error that every test
 // run finds (the unit test below renders them all), so `expect` is right here and nowhere else.

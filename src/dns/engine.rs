@@ -767,19 +767,28 @@ mod tests {
     use crate::cache::{CacheSettings, ZoneSource};
     use crate::registry::{Registry, RegistrySettings};
 
+    /// The value of the series `series` (name and labels) on the metrics page; 0 if absent.
+    fn metric_value(series: &str) -> f64 {
+        let text = metrics::get().render();
+        let prefix = format!("{series} ");
+        text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    }
+
     /// `request_duration_seconds_sum{source}` from the metrics page.
     fn duration_sum(source: &str) -> f64 {
-        let prefix = format!("cloudmap_dns_request_duration_seconds_sum{{source=\"{source}\"}} ");
-        let text = metrics::get().render();
-        text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        metric_value(&format!("cloudmap_dns_request_duration_seconds_sum{{source=\"{source}\"}}"))
     }
 
     /// `queries_total{source, qtype, rcode}` from the metrics page.
     fn queries_counted(source: &str, qtype: &str, rcode: &str) -> u64 {
-        let prefix =
-            format!("cloudmap_dns_queries_total{{qtype=\"{qtype}\",rcode=\"{rcode}\",source=\"{source}\"}} ");
-        let text = metrics::get().render();
-        text.lines().find_map(|l| l.strip_prefix(prefix.as_str())).and_then(|v| v.parse().ok()).unwrap_or(0)
+        let series =
+            format!("cloudmap_dns_queries_total{{qtype=\"{qtype}\",rcode=\"{rcode}\",source=\"{source}\"}}");
+        metric_value(&series) as u64
+    }
+
+    /// A batch read 300 ms ago, which the loop is only now coming to.
+    fn read_300_ms_ago() -> Received {
+        Received { at: Instant::now() - Duration::from_millis(300), wall_ms: now_ms() }
     }
 
     /// An engine over an empty registry that serves loopback clients only.
@@ -829,9 +838,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let engine = loopback_engine(dir.path());
         let query = [0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 1, 0, 1];
-        // Read 300 ms ago, in a batch the loop is only now coming to; from outside the ACL, so
-        // REFUSED (counted under `refused`) without any lookup.
-        let received = Received { at: Instant::now() - Duration::from_millis(300), wall_ms: now_ms() };
+        // From outside the ACL, so REFUSED (counted under `refused`) without any lookup.
+        let received = read_300_ms_ago();
         let before = duration_sum("refused");
         refused_from_outside(&engine, &query, received, &mut metrics::get().direct());
         assert!(duration_sum("refused") - before >= 0.3, "latency counted from when the query was read");
@@ -845,7 +853,7 @@ mod tests {
         let engine = loopback_engine(dir.path());
         // HTTPS (type 65), which no other test asks, from outside the ACL: REFUSED.
         let query = [0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 65, 0, 1];
-        let received = Received { at: Instant::now() - Duration::from_millis(300), wall_ms: now_ms() };
+        let received = read_300_ms_ago();
         let (before, sum_before) = (queries_counted("refused", "HTTPS", "REFUSED"), duration_sum("refused"));
         let mut tally = metrics::Tally::new();
         for _ in 0..2 {
