@@ -301,7 +301,12 @@ impl ServiceSlot {
     }
 
     /// Records a fetch. Moves the generation when what answers say changes.
-    fn store(&self, d: Discovered, grpc_config: Option<String>) -> bool {
+    fn store(&self, mut d: Discovered, grpc_config: Option<String>) -> bool {
+        // DiscoverInstances lists instances in a random order (Cloud Map, and our registry
+        // likewise). Answers pick their own order, so only the set counts: compared in call
+        // order, every refetch was a change, rebuilding the view, dropping the service's
+        // cached answers and rewriting the snapshot.
+        d.instances.sort_unstable_by(|a, b| a.id.cmp(&b.id));
         let mut st = self.write();
         let changed = st.raw.as_deref() != Some(&d)
             || st.stale
@@ -1141,6 +1146,39 @@ mod tests {
         fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
             None
         }
+    }
+
+    fn discovered(ids: &[&str]) -> Discovered {
+        let instances = ids
+            .iter()
+            .map(|id| crate::backend::DiscoveredInstance {
+                id: (*id).into(),
+                health: crate::backend::Health::Healthy,
+                attributes: Arc::new(
+                    [("AWS_INSTANCE_IPV4", format!("10.0.0.{}", id.len()).as_str())].into_iter().collect(),
+                ),
+            })
+            .collect();
+        Discovered { revision: 7, instances, grpc_config: None }
+    }
+
+    #[test]
+    fn a_refetch_in_another_order_is_no_change() {
+        let slot = Arc::new(ServiceSlot::new("s"));
+        let view = || match slot.lookup() {
+            Some(Lookup::Found { view, .. }) => view,
+            _ => panic!("the service is cached"),
+        };
+        assert!(slot.store(discovered(&["a", "bb", "ccc"]), None));
+        let generation = slot.marks.generation.load(Ordering::Acquire);
+        let before = view();
+
+        assert!(!slot.store(discovered(&["ccc", "a", "bb"]), None), "the same instances");
+        assert_eq!(slot.marks.generation.load(Ordering::Acquire), generation);
+        assert!(Arc::ptr_eq(&before, &view()), "the view is kept, not rebuilt");
+        assert!(slot.store(discovered(&["ccc", "a"]), None), "one instance gone");
+        assert!(slot.marks.generation.load(Ordering::Acquire) > generation);
+        assert_eq!(ids(&slot), ["a", "ccc"]);
     }
 
     fn settings(refresh: Duration) -> CacheSettings {
