@@ -1,6 +1,8 @@
 # syntax=docker/dockerfile:1
 # Multi-stage build: compile with the Rust toolchain, ship only the binary on a slim base.
 FROM rust:1-slim-bookworm AS build
+# make builds jemalloc (the global allocator); the slim image has gcc but not make.
+RUN apt-get update && apt-get install -y --no-install-recommends make && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src

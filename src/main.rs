@@ -6,6 +6,15 @@ use clap::Parser;
 use cloudmap_dns::cli::{Cli, Command};
 use cloudmap_dns::config::{Config, LogConfig, LogFormat};
 
+// jemalloc, not glibc's malloc: at 100,000 cached instances the aws refresh's per-call garbage,
+// freed among the cache's long-lived chunks, made glibc coalesce across a fragmented heap
+// (`unlink_chunk`, `malloc_consolidate`: a third of the refresh's CPU). jemalloc's size-class
+// slabs do not coalesce; mimalloc, also tried, kept memory freed on other threads. bench/README
+// *Scale* has the measurements.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
