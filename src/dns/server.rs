@@ -503,6 +503,12 @@ fn serve_udp_thread(
             tracing::debug!(error = %e, "UDP receive failed");
         }
     };
+    // What `poll` waits on when every socket is empty (only with several sockets).
+    let mut idle: Vec<PollFd> = if one {
+        Vec::new()
+    } else {
+        sockets.iter().map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN)).collect()
+    };
     // Until told to stop (or the sender is gone).
     while !*stopped.borrow() && stopped.has_changed().is_ok() {
         if one {
@@ -533,9 +539,7 @@ fn serve_udp_thread(
         }
         note(full);
         if !any {
-            let mut fds: Vec<PollFd> =
-                sockets.iter().map(|s| PollFd::new(s.as_fd(), PollFlags::POLLIN)).collect();
-            let _ = poll(&mut fds, PollTimeout::from(wake.as_millis() as u16));
+            let _ = poll(&mut idle, PollTimeout::from(wake.as_millis() as u16));
         }
     }
     note(false);
