@@ -6,8 +6,10 @@
 //! question, probes the answer cache with the lower-cased name, type and class (then the
 //! forward cache), and copies the pre-encoded answer out with the query's ID and question; a
 //! name the zone table and the catalog settle alone (NXDOMAIN, NODATA, the apex) is built there
-//! too. Everything else (`answer_miss`) runs on its own task, may wait for the backend or an
-//! upstream, and stores what it built for the next query.
+//! too. The UDP loop answers a received batch this way (`prepare`, then `answer_prepared` for
+//! each): each query parsed, keyed and looked up in the answer map once. Everything else
+//! (`answer_miss`) runs on its own task, may wait for the backend or an upstream, and stores
+//! what it built for the next query.
 
 use std::borrow::Cow;
 use std::collections::VecDeque;
@@ -99,7 +101,7 @@ struct Cached {
     answer: Arc<Answer>,
     marks: Option<Arc<SlotMarks>>,
     /// Where the answer's records lie on the heap (`RecordSet::heap_parts`): prefetch hints,
-    /// kept here so that `Engine::prefetch_answers` needs no read of the answer itself (a miss).
+    /// kept here so that `Engine::prepare` needs no read of the answer itself (a miss).
     records_at: [usize; 2],
     records_len: [u32; 2],
 }
@@ -135,11 +137,30 @@ impl Cached {
     }
 }
 
-/// What `Engine::prefetch_answers` found: entries of the answer map and of the forward cache.
+/// What `Engine::prepare` found: entries of the answer map and of the forward cache.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Prefetched {
     pub answers: usize,
     pub forwarded: usize,
+}
+
+/// A received batch's queries, each parsed and keyed once (`Engine::prepare`), to be answered
+/// one by one (`Engine::answer_prepared`).
+pub struct Batch<'p> {
+    queries: SmallVec<[Prepared<'p>; 32]>,
+    /// The queries' keys back to back, each the forward cache's (`forward::key_into`).
+    keys: SmallVec<[u8; 1536]>,
+    pub found: Prefetched,
+}
+
+struct Prepared<'p> {
+    packet: &'p [u8],
+    parsed: Result<Query<'p>, Reject>,
+    /// Where its key lies in `Batch::keys` (or in `answer_cached`'s own buffer); empty when the
+    /// packet did not parse.
+    key: std::ops::Range<usize>,
+    /// False when the prefetch steps found the key missing from the answer map.
+    look_in_answers: bool,
 }
 
 /// When a query was read: a monotonic instant its latency counts from, and the wall-clock ms
@@ -237,17 +258,58 @@ impl Engine {
         received: Received,
         counts: &mut impl Counts,
     ) -> Fast {
+        let parsed = wire::parse_query(packet);
+        let mut key = [0u8; KEY_ROOM];
+        let n = parsed.as_ref().map_or(0, |q| forward::key_into(q, &mut key));
+        let q = Prepared { packet, parsed, key: 0..n, look_in_answers: true };
+        self.answer_query(&q, &key[..n], transport, client, out, received, counts)
+    }
+
+    /// `answer_cached` for the `i`th query of a batch that `prepare` parsed, keyed and looked up.
+    #[allow(clippy::too_many_arguments)]
+    pub fn answer_prepared(
+        &self,
+        batch: &Batch,
+        i: usize,
+        transport: Transport,
+        client: IpAddr,
+        out: &mut Vec<u8>,
+        received: Received,
+        counts: &mut impl Counts,
+    ) -> Fast {
+        match batch.queries.get(i) {
+            Some(q) => {
+                self.answer_query(q, &batch.keys[q.key.clone()], transport, client, out, received, counts)
+            }
+            None => Fast::Dropped,
+        }
+    }
+
+    /// `key`: the forward cache's key of the query (`forward::key_into`); the answer map's is
+    /// that without its last byte.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_query(
+        &self,
+        prepared: &Prepared,
+        key: &[u8],
+        transport: Transport,
+        client: IpAddr,
+        out: &mut Vec<u8>,
+        received: Received,
+        counts: &mut impl Counts,
+    ) -> Fast {
         let started = received.at;
-        let q = match wire::parse_query(packet) {
+        let packet = prepared.packet;
+        let q = match &prepared.parsed {
             Ok(q) => q,
             Err(Reject::Drop) => return Fast::Dropped,
             Err(Reject::FormErr { id, flags, question_end }) => {
-                wire::write_error(packet, id, flags, question_end, RCODE_FORMERR, out);
+                wire::write_error(packet, *id, *flags, *question_end, RCODE_FORMERR, out);
                 self.count(counts, Source::Refused, None, client, out, started);
                 return Fast::Answered;
             }
             Err(Reject::NotImp { id, flags, question_end }) => {
-                wire::write_error(packet, id, flags, question_end, RCODE_NOTIMP, out);
+                wire::write_error(packet, *id, *flags, *question_end, RCODE_NOTIMP, out);
                 self.count(counts, Source::Refused, None, client, out, started);
                 return Fast::Answered;
             }
@@ -266,7 +328,7 @@ impl Engine {
                 additional: &none,
                 opt: OptOut { extended_rcode: (RCODE_BADVERS >> 4) as u8, ede: None },
             };
-            wire::write_response(&q, &s, limit(&q, transport), out);
+            wire::write_response(q, &s, limit(q, transport), out);
             counts.query(Source::Refused, q.qtype, metrics::RCODE_BADVERS_INDEX, started);
             return Fast::Answered;
         }
@@ -275,20 +337,20 @@ impl Engine {
         let zones_allowed = settings.allow_query.allows(client);
         let recursion_allowed = forwarder.is_some() && settings.allow_recursion.allows(client);
         if !zones_allowed && !recursion_allowed {
-            Self::prohibited().write(&q, limit(&q, transport), 0, out);
-            self.count(counts, Source::Refused, Some(&q), client, out, started);
+            Self::prohibited().write(q, limit(q, transport), 0, out);
+            self.count(counts, Source::Refused, Some(q), client, out, started);
             return Fast::Answered;
         }
-        let mut key = [0u8; KEY_ROOM];
-        let n = wire::key_into(&q, &mut key);
-        if let Some(c) = self.answers.get(&key[..n])
+        let answer_key = &key[..key.len() - 1];
+        if prepared.look_in_answers
+            && let Some(c) = self.answers.get(answer_key)
             && c.is_current()
         {
             let a = &c.answer;
             if zones_allowed || a.rcode == RCODE_REFUSED {
                 let now = received.wall_ms;
-                a.write(&q, limit(&q, transport), now, out);
-                self.count_answer(counts, a, &q, client, out, now, metrics::Lookup::Hit, started);
+                a.write(q, limit(q, transport), now, out);
+                self.count_answer(counts, a, q, client, out, now, metrics::Lookup::Hit, started);
                 return Fast::Answered;
             }
             return Fast::Miss;
@@ -296,14 +358,10 @@ impl Engine {
         if let Some(f) = forwarder.as_ref()
             && recursion_allowed
         {
-            // The same key, plus the forward cache's byte: the name is lower-cased once.
-            key[n] = forward::key_flags(&q);
             let zones_generation = self.cache.zones_generation.load(Ordering::Acquire);
             let now = forward::mono_ms_at(received.at);
-            if let Some(served) =
-                f.cached(&q, &key[..n + 1], zones_generation, limit(&q, transport), now, out)
-            {
-                self.count_forwarded(counts, served, &q, client, out, started);
+            if let Some(served) = f.cached(q, key, zones_generation, limit(q, transport), now, out) {
+                self.count_forwarded(counts, served, q, client, out, started);
                 return Fast::Answered;
             }
         }
@@ -315,70 +373,79 @@ impl Engine {
                 forwarding: forwarder.is_some(),
                 zones_generation: self.cache.zones_generation.load(Ordering::Acquire),
             };
-            if let Some(a) = self.resolve_zone_now(&q, &key[..n], zc) {
+            if let Some(a) = self.resolve_zone_now(q, answer_key, zc) {
                 let now = received.wall_ms;
-                a.write(&q, limit(&q, transport), now, out);
-                self.count_answer(counts, &a, &q, client, out, now, metrics::Lookup::Miss, started);
+                a.write(q, limit(q, transport), now, out);
+                self.count_answer(counts, &a, q, client, out, now, metrics::Lookup::Miss, started);
                 return Fast::Answered;
             }
         }
         Fast::Miss
     }
 
-    /// Starts loading into the CPU cache what answering each of `packets` from the caches will
-    /// read, and answers nothing. The UDP loop calls it for a received batch before it answers
-    /// the first: the queries' cache misses then overlap rather than come one after another.
-    /// Over 10,000 names most of a hit's user time was those misses.
+    /// Parses and keys each of `packets` once, for `answer_prepared`. With `prefetch`, also
+    /// starts loading into the CPU cache what answering each from the caches will read: the UDP
+    /// loop asks for it for a batch of more than one, before it answers the first, so that the
+    /// queries' cache misses overlap rather than come one after another. Over 10,000 names most
+    /// of a hit's user time was those misses.
     ///
-    /// Steps over the batch, each loading what the next reads:
+    /// The prefetch steps go over the batch, each loading what the next reads:
     /// 1. each key's place in the answer map (its control bytes and first buckets, found from
     ///    the table's address and size alone: no read of the table's contents);
     /// 2. each entry found there: its answer, its service's marks and its records (hints kept
     ///    in the entry: no read of the answer either). For a key not there, its place in the
-    ///    forward cache, if names are forwarded;
+    ///    forward cache, if names are forwarded; its answer is then not looked for in the answer
+    ///    map again (one probe of the map per query);
     /// 3. each forward cache entry found there, and its template.
-    ///
-    /// Returns how many entries it found in each cache.
-    pub fn prefetch_answers<'p>(&self, packets: impl Iterator<Item = &'p [u8]>) -> Prefetched {
-        // Each key is made once, for every step: back to back, inline for a batch of names of
-        // ordinary length, each followed by the forward cache's byte (`forward::key_flags`).
-        let mut keys: SmallVec<[u8; 1536]> = SmallVec::new();
-        let mut ends: SmallVec<[usize; 32]> = SmallVec::new();
+    pub fn prepare<'p>(&self, packets: impl Iterator<Item = &'p [u8]>, prefetch: bool) -> Batch<'p> {
+        let mut batch =
+            Batch { queries: SmallVec::new(), keys: SmallVec::new(), found: Prefetched::default() };
         let mut key = [0u8; KEY_ROOM];
         for packet in packets {
-            if let Ok(q) = wire::parse_query(packet) {
-                let n = wire::key_into(&q, &mut key);
-                prefetch::slot(&self.answers, &key[..n]);
-                keys.extend_from_slice(&key[..n]);
-                keys.push(forward::key_flags(&q));
-                ends.push(keys.len());
+            let parsed = wire::parse_query(packet);
+            let start = batch.keys.len();
+            if let Ok(q) = &parsed {
+                let n = forward::key_into(q, &mut key);
+                if prefetch {
+                    prefetch::slot(&self.answers, &key[..n - 1]);
+                }
+                batch.keys.extend_from_slice(&key[..n]);
             }
+            let key = start..batch.keys.len();
+            batch.queries.push(Prepared { packet, parsed, key, look_in_answers: true });
+        }
+        if !prefetch {
+            return batch;
         }
         let forwarder = self.forwarder.load();
-        // Where in `keys` the keys the answer map lacks lie.
-        let mut forwarded: SmallVec<[(usize, usize); 32]> = SmallVec::new();
-        let mut found = Prefetched::default();
-        let mut start = 0;
-        for end in ends {
-            match self.answers.get(&keys[start..end - 1]) {
+        // The queries the answer map lacks, by index.
+        let mut forwarded: SmallVec<[usize; 32]> = SmallVec::new();
+        let Batch { queries, keys, found } = &mut batch;
+        for (i, q) in queries.iter_mut().enumerate() {
+            if q.key.is_empty() {
+                continue;
+            }
+            match self.answers.get(&keys[q.key.start..q.key.end - 1]) {
                 Some(c) => {
                     c.prefetch();
                     found.answers += 1;
                 }
                 None => {
+                    q.look_in_answers = false;
                     if let Some(f) = forwarder.as_ref() {
-                        f.cache().prefetch_slot(&keys[start..end]);
-                        forwarded.push((start, end));
+                        f.cache().prefetch_slot(&keys[q.key.clone()]);
+                        forwarded.push(i);
                     }
                 }
             }
-            start = end;
         }
         if let Some(f) = forwarder.as_ref() {
-            found.forwarded =
-                forwarded.into_iter().filter(|&(s, e)| f.cache().prefetch_entry(&keys[s..e])).count();
+            found.forwarded = forwarded
+                .into_iter()
+                .filter(|&i| f.cache().prefetch_entry(&keys[queries[i].key.clone()]))
+                .count();
         }
-        found
+        batch
     }
 
     /// Counts a query in `queries_total` and `request_duration_seconds`, and logs it when the
@@ -873,7 +940,7 @@ mod tests {
 
     /// The prefetch steps make each key as a lookup does: a name in the answer map is looked for
     /// there only, one that is not in the forward cache with its flags byte, and a batch's hits
-    /// are then answered from those caches.
+    /// are then answered from those caches, each looked for in the answer map once.
     #[test]
     fn a_batch_is_prefetched_from_the_cache_that_answers_it() {
         let dir = tempfile::tempdir().unwrap();
@@ -910,25 +977,73 @@ mod tests {
         f.cache().insert(&key[..n], entry, forward::mono_ms());
         let batch = [&zone_name[..], &forwarded, &unknown, &forwarded_cd];
         // Without a forwarder nothing is looked for in a forward cache.
-        assert_eq!(engine.prefetch_answers(batch.iter().copied()), Prefetched { answers: 1, forwarded: 0 });
+        assert_eq!(
+            engine.prepare(batch.iter().copied(), true).found,
+            Prefetched { answers: 1, forwarded: 0 }
+        );
         engine.reconfigure(loopback_settings(), Some(f));
         // The forwarded name, found by its lower-cased name and flags; not the CD query's (its
         // key differs), nor the zone name's (answered from the answer map).
-        assert_eq!(engine.prefetch_answers(batch.iter().copied()), Prefetched { answers: 1, forwarded: 1 });
+        let prepared = engine.prepare(batch.iter().copied(), true);
+        assert_eq!(prepared.found, Prefetched { answers: 1, forwarded: 1 });
+        // Put into the answer map after the prefetch steps found it missing there: a batch's
+        // query is not looked for again, a lone query is.
+        let q = wire::parse_query(&forwarded).unwrap();
+        let n = wire::key_into(&q, &mut key);
+        engine
+            .answers
+            .insert(prefetch::Key::from_slice(&key[..n]), Cached::new(Arc::new(Answer::new(RCODE_NXDOMAIN))));
         let received = Received::now();
         let mut counts = metrics::get().direct();
-        for (packet, answered) in [(&zone_name, true), (&forwarded, true), (&forwarded_cd, false)] {
+        let client = [127, 0, 0, 1].into();
+        for (i, rcode) in [(0, Some(RCODE_NOERROR)), (1, Some(RCODE_NOERROR)), (3, None)] {
             let mut out = Vec::new();
-            let fast = engine.answer_cached(
-                packet,
+            let fast =
+                engine.answer_prepared(&prepared, i, Transport::Udp, client, &mut out, received, &mut counts);
+            assert_eq!(matches!(fast, Fast::Answered), rcode.is_some(), "query {i}");
+            if let Some(rcode) = rcode {
+                assert_eq!(out[3] & 0x0f, rcode, "query {i}");
+            }
+        }
+        let mut out = Vec::new();
+        let fast = engine.answer_cached(&forwarded, Transport::Udp, client, &mut out, received, &mut counts);
+        assert!(matches!(fast, Fast::Answered));
+        assert_eq!(out[3] & 0x0f, RCODE_NXDOMAIN, "from the answer map");
+    }
+
+    /// A batch answers as the same queries one by one do: errors and an unparsed packet too.
+    #[test]
+    fn a_prepared_batch_answers_as_lone_queries_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = loopback_engine(dir.path());
+        let notimp = [0, 1, 0x28, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 1, 0, 1]; // opcode UPDATE
+        let formerr = [0, 2, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 5, b'a'];
+        let response = [0, 3, 0x81, 0, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 1, 0, 1];
+        let badvers =
+            [0, 4, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1, b'a', 0, 0, 1, 0, 1, 0, 0, 41, 4, 208, 0, 1, 0, 0, 0, 0];
+        let batch: [&[u8]; 4] = [&notimp, &formerr, &response, &badvers];
+        let prepared = engine.prepare(batch.iter().copied(), true);
+        let (received, mut counts, client) =
+            (Received::now(), metrics::get().direct(), [127, 0, 0, 1].into());
+        for (i, packet) in batch.iter().enumerate() {
+            let (mut alone, mut batched) = (Vec::new(), Vec::new());
+            let a = engine.answer_cached(packet, Transport::Udp, client, &mut alone, received, &mut counts);
+            let b = engine.answer_prepared(
+                &prepared,
+                i,
                 Transport::Udp,
-                [127, 0, 0, 1].into(),
-                &mut out,
+                client,
+                &mut batched,
                 received,
                 &mut counts,
             );
-            assert_eq!(matches!(fast, Fast::Answered), answered, "{packet:?}");
+            assert_eq!(std::mem::discriminant(&a), std::mem::discriminant(&b), "query {i}");
+            assert_eq!(alone, batched, "query {i}");
         }
+        let mut out = Vec::new();
+        let beyond =
+            engine.answer_prepared(&prepared, 4, Transport::Udp, client, &mut out, received, &mut counts);
+        assert!(matches!(beyond, Fast::Dropped) && out.is_empty());
     }
 
     fn answer_of(records: usize) -> Arc<Answer> {

@@ -563,14 +563,13 @@ impl UdpBatch<'_> {
     fn answer(&mut self, n: usize, fd: i32, sink: &Sink) {
         let UdpBatch { received, replies, tally, engine, limiter, inflight } = self;
         let received_at = Received::now();
-        if n > 1 {
-            engine.prefetch_answers((0..n).filter_map(|i| received.get(i).map(|(packet, _)| packet)));
-        }
+        let datagrams: smallvec::SmallVec<[(&[u8], SocketAddr); super::mmsg::BATCH]> =
+            (0..n).filter_map(|i| received.get(i)).collect();
+        let batch = engine.prepare(datagrams.iter().map(|&(packet, _)| packet), n > 1);
         let limit = limiter.load();
-        for i in 0..n {
-            let Some((packet, peer)) = received.get(i) else { continue };
+        for (i, &(packet, peer)) in datagrams.iter().enumerate() {
             let out = replies.next_buf();
-            match engine.answer_cached(packet, Transport::Udp, peer.ip(), out, received_at, tally) {
+            match engine.answer_prepared(&batch, i, Transport::Udp, peer.ip(), out, received_at, tally) {
                 Fast::Answered => {
                     if admit(limit.as_deref(), peer, out) {
                         replies.push(peer);

@@ -1,7 +1,7 @@
 //! Fuzzes the whole query path without sockets: any bytes in, through parsing, zone routing, the
 //! name grammar, the namespace cache and the answer builder, to an encoded response (and through
-//! the UDP loop's prefetch of cached answers). It must never panic, and every response must carry
-//! the query's ID.
+//! the UDP loop's batches, answered as lone queries are). It must never panic, and every
+//! response must carry the query's ID.
 //!
 //! Run: cargo fuzz run --fuzz-dir tests/fuzz query
 
@@ -14,7 +14,7 @@ use cloudmap_dns::backend::{
     Backend, BackendError, Change, Discovered, DiscoveredInstance, Health, NamespaceRef, ServiceInfo, Urgency,
 };
 use cloudmap_dns::cache::{Cache, CacheSettings, ZoneSource};
-use cloudmap_dns::dns::engine::{Engine, EngineSettings, Transport};
+use cloudmap_dns::dns::engine::{Engine, EngineSettings, Received, Transport};
 use cloudmap_dns::dns::wire;
 use cloudmap_dns::zone::{HealthMode, Zone};
 use libfuzzer_sys::fuzz_target;
@@ -116,8 +116,20 @@ fn harness() -> &'static Harness {
 
 fuzz_target!(|data: &[u8]| {
     let h = harness();
-    // The UDP loop's first pass over a batch: loads lines, answers nothing, never fails.
-    h.engine.prefetch_answers([data, data].into_iter());
+    // The UDP loop's way: a batch parsed, keyed and prefetched once, then answered query by
+    // query, as a lone query is.
+    let batch = h.engine.prepare([data, data].into_iter(), true);
+    let mut counts = cloudmap_dns::metrics::get().direct();
+    let received = Received::now();
+    for i in 0..2 {
+        let (mut alone, mut batched) = (Vec::new(), Vec::new());
+        let client = [127, 0, 0, 1].into();
+        let a = h.engine.answer_cached(data, Transport::Udp, client, &mut alone, received, &mut counts);
+        let b = h.engine.answer_prepared(&batch, i, Transport::Udp, client, &mut batched, received, &mut counts);
+        // Records may come in another order; the kind of answer, its ID, flags and rcode not.
+        assert_eq!(std::mem::discriminant(&a), std::mem::discriminant(&b), "answered as a lone query");
+        assert_eq!(alone.get(..4), batched.get(..4), "the same ID, flags and rcode as a lone query");
+    }
     for transport in [Transport::Udp, Transport::Tcp] {
         if let Some(response) = h.runtime.block_on(h.engine.answer(data, transport, [127, 0, 0, 1].into())) {
             assert!(response.len() >= 12, "a response has a header");
