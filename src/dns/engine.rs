@@ -156,8 +156,7 @@ pub struct Batch<'p> {
 struct Prepared<'p> {
     packet: &'p [u8],
     parsed: Result<Query<'p>, Reject>,
-    /// Where its key lies in `Batch::keys` (or in `answer_cached`'s own buffer); empty when the
-    /// packet did not parse.
+    /// Where its key lies in `Batch::keys`; empty when the packet did not parse.
     key: std::ops::Range<usize>,
     /// False when the prefetch steps found the key missing from the answer map.
     look_in_answers: bool,
@@ -258,11 +257,8 @@ impl Engine {
         received: Received,
         counts: &mut impl Counts,
     ) -> Fast {
-        let parsed = wire::parse_query(packet);
-        let mut key = [0u8; KEY_ROOM];
-        let n = parsed.as_ref().map_or(0, |q| forward::key_into(q, &mut key));
-        let q = Prepared { packet, parsed, key: 0..n, look_in_answers: true };
-        self.answer_query(&q, &key[..n], transport, client, out, received, counts)
+        let batch = self.prepare(std::iter::once(packet), false);
+        self.answer_prepared(&batch, 0, transport, client, out, received, counts)
     }
 
     /// `answer_cached` for the `i`th query of a batch that `prepare` parsed, keyed and looked up.
@@ -277,27 +273,10 @@ impl Engine {
         received: Received,
         counts: &mut impl Counts,
     ) -> Fast {
-        match batch.queries.get(i) {
-            Some(q) => {
-                self.answer_query(q, &batch.keys[q.key.clone()], transport, client, out, received, counts)
-            }
-            None => Fast::Dropped,
-        }
-    }
-
-    /// `key`: the forward cache's key of the query (`forward::key_into`); the answer map's is
-    /// that without its last byte.
-    #[allow(clippy::too_many_arguments)]
-    fn answer_query(
-        &self,
-        prepared: &Prepared,
-        key: &[u8],
-        transport: Transport,
-        client: IpAddr,
-        out: &mut Vec<u8>,
-        received: Received,
-        counts: &mut impl Counts,
-    ) -> Fast {
+        let Some(prepared) = batch.queries.get(i) else { return Fast::Dropped };
+        // The forward cache's key (`forward::key_into`); the answer map's is that without its
+        // last byte.
+        let key = &batch.keys[prepared.key.clone()];
         let started = received.at;
         let packet = prepared.packet;
         let q = match &prepared.parsed {
