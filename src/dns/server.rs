@@ -135,8 +135,41 @@ fn udp_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<UdpSocket> 
     s.set_reuse_port(reuse_port)?;
     s.set_nonblocking(true)?;
     socket_buffers(&s);
+    #[cfg(target_os = "linux")]
+    no_path_mtu(&s, addr.is_ipv6());
     s.bind(&addr.into())?;
     UdpSocket::from_std(s.into())
+}
+
+/// Answers leave without DF and with path MTU news ignored (IP_PMTUDISC_OMIT, as NSD and Unbound
+/// set): a forged ICMP "fragmentation needed" then cannot make the kernel split answers to a
+/// victim into fragments, which spoofed fragments could replace (cache poisoning). A UDP answer
+/// is at most 1,232 bytes, which fits any path. It also spares each datagram sent a lookup of
+/// its route's MTU. Where OMIT is unknown (before Linux 3.15), IP_PMTUDISC_DONT.
+#[cfg(target_os = "linux")]
+fn no_path_mtu(s: &socket2::Socket, v6: bool) {
+    use nix::libc;
+    use std::os::fd::AsRawFd;
+    let (level, name, modes) = if v6 {
+        (libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER, [libc::IPV6_PMTUDISC_OMIT, libc::IPV6_PMTUDISC_DONT])
+    } else {
+        (libc::IPPROTO_IP, libc::IP_MTU_DISCOVER, [libc::IP_PMTUDISC_OMIT, libc::IP_PMTUDISC_DONT])
+    };
+    for mode in modes {
+        // SAFETY: an int option, passed by pointer with its size, on a socket we own.
+        let set = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                name,
+                (&mode as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if set == 0 {
+            return;
+        }
+    }
 }
 
 /// Receive buffer asked for on each UDP socket: ~10,000 queries, 40 ms at 250k q/s (Unbound
@@ -718,5 +751,28 @@ mod tests {
         let floor =
             if cfg!(target_os = "linux") { 2 * UDP_RECV_BUFFER.min(max) } else { UDP_RECV_BUFFER.min(max) };
         assert!(got >= floor, "receive buffer {got} bytes, want at least {floor}");
+    }
+
+    /// Path MTU discovery is off on the listeners, for either family: no DF, and forged ICMP
+    /// "fragmentation needed" ignored.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn udp_sockets_ignore_path_mtu() {
+        use nix::libc;
+        use std::os::fd::AsRawFd;
+        let mode = |s: &UdpSocket, level, name| {
+            let (mut v, mut len) = (-1 as libc::c_int, std::mem::size_of::<libc::c_int>() as libc::socklen_t);
+            // SAFETY: an int option read into an int of the stated size.
+            let r = unsafe {
+                libc::getsockopt(s.as_raw_fd(), level, name, (&mut v as *mut libc::c_int).cast(), &mut len)
+            };
+            assert_eq!(r, 0, "getsockopt: {}", std::io::Error::last_os_error());
+            v
+        };
+        let v4 = udp_socket("127.0.0.1:0".parse().unwrap(), false).unwrap();
+        assert_eq!(mode(&v4, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER), libc::IP_PMTUDISC_OMIT);
+        if let Ok(v6) = udp_socket("[::1]:0".parse().unwrap(), false) {
+            assert_eq!(mode(&v6, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER), libc::IPV6_PMTUDISC_OMIT);
+        }
     }
 }
