@@ -144,8 +144,9 @@ fn udp_socket(addr: SocketAddr, reuse_port: bool) -> std::io::Result<UdpSocket> 
 /// Answers leave without DF and with path MTU news ignored (IP_PMTUDISC_OMIT, as NSD and Unbound
 /// set): a forged ICMP "fragmentation needed" then cannot make the kernel split answers to a
 /// victim into fragments, which spoofed fragments could replace (cache poisoning). A UDP answer
-/// is at most 1,232 bytes, which fits any path. It also spares each datagram sent a lookup of
-/// its route's MTU. Where OMIT is unknown (before Linux 3.15), IP_PMTUDISC_DONT.
+/// is at most 1,232 bytes, the size chosen to cross paths whole (DNS Flag Day 2020); a rare
+/// smaller link fragments it, as without DF it may. It also spares each datagram sent a lookup
+/// of its route's MTU. Where OMIT is unknown (before Linux 3.15), IP_PMTUDISC_DONT.
 #[cfg(target_os = "linux")]
 fn no_path_mtu(s: &socket2::Socket, v6: bool) {
     use nix::libc;
