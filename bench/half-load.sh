@@ -13,21 +13,21 @@
 #   fwd-miss   forwarded misses: a new name per query under up.test.,
 #              each through to the upstream (NXDOMAIN)               Unbound    | forward mode
 # The servers under test run at once, pinned to CPU 0 (an idle one costs nothing); the load
-# generator (bench/loadgen.rs: sendmmsg/recvmmsg, per-query latency) and the forwarders'
-# upstream (an NSD for up.test.) are pinned to CPU 1. For each workload and server: its
-# saturation (200 queries in flight, 5 s); then RUNS rounds, each loading both servers open loop
-# at half of its own saturation ("half") and at half of the slower server's ("common": the same
-# rate for both, the p99 comparison). Within a run the generator loads the two in turns of
-# TURN_MS (20) until each has had DURATION seconds, so the hypervisor's steal (up to 100 ms at a
-# time here) and every other interruption of CPU 0 falls on both alike; runs of seconds back to
-# back did not: one server's run could lose 300 ms to steal and the other's 20. Server CPU % is
-# its processes' CPU time over the seconds it was loaded; steal ms is CPU 0's over the whole
-# run, both servers' turns. "p99 lost=late" counts every query sent, a lost one as later than
-# any answer (inf: over 1% lost): a server that drops what it is late to read sheds its tail.
-# A last table pools each server's common-rate runs: percentiles over all their queries. One run's
-# p99 turns on which server's turns the steal fell in; the pooled one much less. CONTROL=1 adds a
-# second cloudmap-dns, the same build, to the zone workloads: how far two copies of one server
-# differ is the noise that any comparison here has to exceed.
+# generator (bench/loadgen.rs: sendmmsg/recvmmsg, per-query latency) and the forwarders' upstream
+# (an NSD for up.test.) are pinned to CPU 1. For each workload and server: its saturation (200
+# queries in flight, 5 s), then again with the servers in turns (below); then RUNS rounds, each
+# loading both servers open loop at half of its own saturation ("half") and at half of the slower
+# server's ("common": the same rate for both, the p99 comparison). Within a run the generator loads
+# the two in turns of TURN_MS (20) until each has had DURATION seconds, so the hypervisor's steal
+# (up to 100 ms at a time here) and every other interruption of CPU 0 falls on both alike; runs of
+# seconds back to back did not: one server's run could lose 300 ms to steal and the other's 20.
+# Server CPU % is its processes' CPU time over the seconds it was loaded; steal ms is CPU 0's over
+# the whole run, both servers' turns. "p99 lost=late" counts every query sent, a lost one as later
+# than any answer (inf: over 1% lost): a server that drops what it is late to read sheds its tail. A
+# last table pools each server's common-rate runs: percentiles over all their queries. One run's p99
+# turns on which server's turns the steal fell in; the pooled one much less. CONTROL=1 adds a second
+# cloudmap-dns, the same build, to the zone workloads: how far two copies of one server differ is
+# the noise that any comparison here has to exceed.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEERS=${BENCH_PEERS:-$ROOT/../shared/bench-peers}
@@ -35,6 +35,7 @@ LOADGEN=$ROOT/target/release/examples/loadgen
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8}
 TURN_MS=${TURN_MS:-20}
+SAT_TURNS=${SAT_TURNS:-10}
 WORKLOADS=${WORKLOADS:-a srv nx fwd-a fwd-miss}
 SRV_CPU=${SRV_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
@@ -136,6 +137,19 @@ for wl in $WORKLOADS; do
         half=$((${sat[$name]} / 2))
         [ -z "$common" ] || [ "$half" -lt "$common" ] && common=$half
     done
+    # Saturation again, the servers loaded in turns of TURN_MS until each has had SAT_TURNS
+    # seconds: the readings above are seconds apart, and the machine's speed drifts between them
+    # by more than the servers differ; in turns the drift falls on all alike.
+    addrs=
+    for s in $servers; do addrs=$addrs${addrs:+,}127.0.0.1:${s##*:}; done
+    out=$("$LOADGEN" "$addrs" "$(queries "$wl" max "$SAT_TURNS")" "$SAT_TURNS" max "$LOAD_CPU" "$TURN_MS")
+    first=
+    for s in $servers; do
+        name=${s%%:*} qps=$(echo "$out" | grep "^server 127.0.0.1:${s##*:} " | field qps)
+        [ -n "$first" ] || first=$qps
+        awk -v n="$name" -v w="$wl" -v q="$qps" -v f="$first" \
+            'BEGIN { printf "| %s | %s | %s | %.2f |\n", w, n, q, (f > 0 ? q / f : 0) }' >>"$WORK/turns.md"
+    done
     for run in $(seq "$RUNS"); do
         for kind in half common; do
             # Both servers in one run, in turns (bench/loadgen.rs).
@@ -179,6 +193,12 @@ for wl in $WORKLOADS; do
     done
     unset sat
 done
+echo
+echo "Saturation in turns of ${TURN_MS} ms, ${SAT_TURNS} s of load each (200 queries in flight), ratio to the first server:"
+echo
+printf '| workload | server | q/s | ratio |\n'
+printf '|---|---|---:|---:|\n'
+cat "$WORK/turns.md"
 echo
 echo "Pooled over the $RUNS common-rate runs of each workload:"
 echo
