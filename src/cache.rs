@@ -149,7 +149,9 @@ pub struct NamespaceState {
     pub ns: NamespaceRef,
     catalog: RwLock<Option<Arc<Catalog>>>,
     pub catalog_generation: Arc<AtomicU64>,
-    catalog_load: tokio::sync::Mutex<()>,
+    /// Held while the service names are read; inside, when the backend was last asked for
+    /// them (answered or not): queries that waited meanwhile take that answer.
+    catalog_load: tokio::sync::Mutex<Option<Instant>>,
     catalog_refresher: AtomicBool,
     /// The catalog must be re-read before it is used again (see `Cache::invalidate`).
     catalog_wanted: Outdated,
@@ -383,7 +385,7 @@ impl NamespaceState {
             ns,
             catalog: RwLock::new(None),
             catalog_generation: Arc::new(AtomicU64::new(1)),
-            catalog_load: tokio::sync::Mutex::new(()),
+            catalog_load: tokio::sync::Mutex::new(None),
             catalog_refresher: AtomicBool::new(false),
             catalog_wanted: Outdated::default(),
             services: DashMap::new(),
@@ -711,9 +713,11 @@ impl Cache {
     }
 
     async fn reload_catalog(&self, ns: &NamespaceState, urgency: Urgency) -> bool {
-        let _guard = ns.catalog_load.lock().await;
+        let mut attempted = ns.catalog_load.lock().await;
         let seen = ns.catalog_wanted.begin();
-        match timed("ListServices", self.backend.services(&ns.ns, urgency)).await {
+        let result = timed("ListServices", self.backend.services(&ns.ns, urgency)).await;
+        *attempted = Some(Instant::now());
+        match result {
             Ok(services) => {
                 if ns.set_catalog(services.into_iter().map(|s| s.name).collect()) {
                     self.dirty.store(true, Ordering::Release);
@@ -743,8 +747,9 @@ impl Cache {
 
     /// The namespace's service names; loads them on first use.
     pub async fn catalog(self: &Arc<Self>, ns: &Arc<NamespaceState>) -> Option<Arc<Catalog>> {
+        let since = Instant::now();
         if ns.catalog_wanted.is_outdated() {
-            let _guard = ns.catalog_load.lock().await;
+            let mut attempted = ns.catalog_load.lock().await;
             if ns.catalog_wanted.is_outdated() {
                 let seen = ns.catalog_wanted.begin();
                 if let Ok(services) =
@@ -752,6 +757,7 @@ impl Cache {
                 {
                     ns.set_catalog(services.into_iter().map(|s| s.name).collect());
                 }
+                *attempted = Some(Instant::now());
                 ns.catalog_wanted.done(seen);
             }
         }
@@ -759,9 +765,12 @@ impl Cache {
             return Some(c);
         }
         {
-            let _guard = ns.catalog_load.lock().await;
-            if ns.current_catalog().is_none() {
-                match timed("ListServices", self.backend.services(&ns.ns, Urgency::Waiting)).await {
+            // Not loaded: the queries that wait for it share one call, failed or not.
+            let mut attempted = ns.catalog_load.lock().await;
+            if ns.current_catalog().is_none() && attempted.is_none_or(|a| a < since) {
+                let result = timed("ListServices", self.backend.services(&ns.ns, Urgency::Waiting)).await;
+                *attempted = Some(Instant::now());
+                match result {
                     Ok(services) => {
                         ns.set_catalog(services.into_iter().map(|s| s.name).collect());
                     }
@@ -881,6 +890,7 @@ impl Cache {
         let slot = ns.slot(name);
         slot.marks.last_used.store(now_ms(), Ordering::Relaxed);
         if self.push || slot.refreshing.load(Ordering::Acquire) {
+            let since = Instant::now();
             if slot.wanted.is_outdated() {
                 let _guard = slot.load.lock().await;
                 if slot.wanted.is_outdated() {
@@ -890,7 +900,12 @@ impl Cache {
             if let Some(found) = slot.lookup() {
                 return found;
             }
-            self.fetch(ns, &slot, Urgency::Waiting).await;
+            // Not loaded: the queries that miss together share one call (a cold start under
+            // load made one call per waiting query, 13 per service, and queries timed out).
+            let _guard = slot.load.lock().await;
+            if !slot.attempted_since(since) {
+                let _ = self.fetch_locked(ns, &slot, Urgency::Waiting).await;
+            }
             return slot.lookup().unwrap_or(Lookup::Outage);
         }
         // aws, and nobody keeps this service fresh: re-validate before answering. Concurrent
@@ -1146,6 +1161,124 @@ mod tests {
         fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
             None
         }
+    }
+
+    /// A backend that pushes its changes (as the embedded registry does), whose ListServices and
+    /// DiscoverInstances take 10 ms each and fail while `failing` is set; it counts those calls.
+    struct Pushed {
+        changes: tokio::sync::broadcast::Sender<Change>,
+        lists: AtomicUsize,
+        discovers: AtomicUsize,
+        failing: AtomicBool,
+    }
+
+    impl Pushed {
+        fn new() -> Pushed {
+            Pushed {
+                changes: tokio::sync::broadcast::channel(8).0,
+                lists: AtomicUsize::new(0),
+                discovers: AtomicUsize::new(0),
+                failing: AtomicBool::new(false),
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl Backend for Pushed {
+        fn kind(&self) -> &'static str {
+            "embedded"
+        }
+        async fn default_zones(&self) -> Result<Vec<(String, String)>, BackendError> {
+            Ok(Vec::new())
+        }
+        async fn services(
+            &self,
+            _: &NamespaceRef,
+            _: Urgency,
+        ) -> Result<Vec<crate::backend::ServiceInfo>, BackendError> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(BackendError::Unavailable("down".into()));
+            }
+            Ok(vec![crate::backend::ServiceInfo { name: "s".into(), grpc_config: None }])
+        }
+        async fn discover(&self, _: &NamespaceRef, _: &str, _: Urgency) -> Result<Discovered, BackendError> {
+            self.discovers.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            if self.failing.load(Ordering::SeqCst) {
+                return Err(BackendError::Unavailable("down".into()));
+            }
+            Ok(discovered(&["a"]))
+        }
+        async fn revision(&self, _: &NamespaceRef, _: &str, _: Urgency) -> Result<i64, BackendError> {
+            Ok(7)
+        }
+        fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {
+            Some(self.changes.subscribe())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queries_that_miss_together_share_one_backend_call() {
+        let backend = Arc::new(Pushed::new());
+        let cache = Cache::new(
+            backend.clone(),
+            settings(Duration::from_secs(5)),
+            ZoneSource { explicit: Vec::new(), automatic: None },
+        );
+        assert!(cache.pushed());
+        let ns = cache.namespace(&NamespaceRef { http_name: "ns".into(), owner_account: None });
+        let together = |n: usize| {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                let (cache, ns) = (cache.clone(), ns.clone());
+                set.spawn(async move { cache.service(&ns, "s").await });
+            }
+            set.join_all()
+        };
+
+        // The backend down: twenty queries for a service not loaded share the one failed call.
+        backend.failing.store(true, Ordering::SeqCst);
+        let lookups = together(20).await;
+        assert!(lookups.iter().all(|l| matches!(l, Lookup::Outage)));
+        assert_eq!(backend.discovers.load(Ordering::SeqCst), 1);
+
+        // Back, a moment later: twenty more share one call, and all find the service.
+        backend.failing.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let lookups = together(20).await;
+        assert!(lookups.iter().all(|l| matches!(l, Lookup::Found { .. })));
+        assert_eq!(backend.discovers.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queries_waiting_for_the_service_names_share_one_call() {
+        let backend = Arc::new(Pushed::new());
+        let cache = Cache::new(
+            backend.clone(),
+            settings(Duration::from_secs(5)),
+            ZoneSource { explicit: Vec::new(), automatic: None },
+        );
+        let ns = cache.namespace(&NamespaceRef { http_name: "ns".into(), owner_account: None });
+        let together = |n: usize| {
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..n {
+                let (cache, ns) = (cache.clone(), ns.clone());
+                set.spawn(async move { cache.catalog(&ns).await });
+            }
+            set.join_all()
+        };
+
+        backend.failing.store(true, Ordering::SeqCst);
+        assert!(together(20).await.iter().all(Option::is_none));
+        assert_eq!(backend.lists.load(Ordering::SeqCst), 1, "one failed call for all who waited");
+
+        backend.failing.store(false, Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let catalogs = together(20).await;
+        assert!(catalogs.iter().all(|c| c.as_ref().is_some_and(|c| c.names().eq(["s"]))));
+        assert_eq!(backend.lists.load(Ordering::SeqCst), 2);
     }
 
     fn discovered(ids: &[&str]) -> Discovered {
