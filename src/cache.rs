@@ -715,9 +715,7 @@ impl Cache {
     async fn reload_catalog(&self, ns: &NamespaceState, urgency: Urgency) -> bool {
         let mut attempted = ns.catalog_load.lock().await;
         let seen = ns.catalog_wanted.begin();
-        let result = timed("ListServices", self.backend.services(&ns.ns, urgency)).await;
-        *attempted = Some(Instant::now());
-        match result {
+        match self.list_services(ns, &mut attempted, urgency).await {
             Ok(services) => {
                 if ns.set_catalog(services.into_iter().map(|s| s.name).collect()) {
                     self.dirty.store(true, Ordering::Release);
@@ -737,6 +735,19 @@ impl Cache {
         }
     }
 
+    /// Asks the backend for the namespace's service names, under `catalog_load`, and notes in it
+    /// when it asked (answered or not), for the queries waiting on the lock.
+    async fn list_services(
+        &self,
+        ns: &NamespaceState,
+        attempted: &mut Option<Instant>,
+        urgency: Urgency,
+    ) -> Result<Vec<crate::backend::ServiceInfo>, BackendError> {
+        let result = timed("ListServices", self.backend.services(&ns.ns, urgency)).await;
+        *attempted = Some(Instant::now());
+        result
+    }
+
     /// The namespace's service names if they are loaded and current, without waiting.
     pub fn catalog_now(&self, ns: &NamespaceState) -> Option<Arc<Catalog>> {
         if ns.catalog_wanted.is_outdated() {
@@ -752,12 +763,9 @@ impl Cache {
             let mut attempted = ns.catalog_load.lock().await;
             if ns.catalog_wanted.is_outdated() {
                 let seen = ns.catalog_wanted.begin();
-                if let Ok(services) =
-                    timed("ListServices", self.backend.services(&ns.ns, Urgency::Waiting)).await
-                {
+                if let Ok(services) = self.list_services(ns, &mut attempted, Urgency::Waiting).await {
                     ns.set_catalog(services.into_iter().map(|s| s.name).collect());
                 }
-                *attempted = Some(Instant::now());
                 ns.catalog_wanted.done(seen);
             }
         }
@@ -768,9 +776,7 @@ impl Cache {
             // Not loaded: the queries that wait for it share one call, failed or not.
             let mut attempted = ns.catalog_load.lock().await;
             if ns.current_catalog().is_none() && attempted.is_none_or(|a| a < since) {
-                let result = timed("ListServices", self.backend.services(&ns.ns, Urgency::Waiting)).await;
-                *attempted = Some(Instant::now());
-                match result {
+                match self.list_services(ns, &mut attempted, Urgency::Waiting).await {
                     Ok(services) => {
                         ns.set_catalog(services.into_iter().map(|s| s.name).collect());
                     }
@@ -823,6 +829,15 @@ impl Cache {
     ) -> Result<(), BackendError> {
         let result = timed("DiscoverInstances", self.backend.discover(&ns.ns, &slot.name, urgency)).await;
         self.record(slot, result)
+    }
+
+    /// Fetches a service for a waiting query unless the backend was asked about it since the
+    /// query came (`since`): queries that wait on the lock meanwhile take that call's outcome.
+    async fn fetch_unless_asked_since(&self, ns: &NamespaceState, slot: &ServiceSlot, since: Instant) {
+        let _guard = slot.load.lock().await;
+        if !slot.attempted_since(since) {
+            let _ = self.fetch_locked(ns, slot, Urgency::Waiting).await;
+        }
     }
 
     /// Records what a fetch found, failures included (the slot turns stale or not-found).
@@ -902,10 +917,7 @@ impl Cache {
             }
             // Not loaded: the queries that miss together share one call (a cold start under
             // load made one call per waiting query, 13 per service, and queries timed out).
-            let _guard = slot.load.lock().await;
-            if !slot.attempted_since(since) {
-                let _ = self.fetch_locked(ns, &slot, Urgency::Waiting).await;
-            }
+            self.fetch_unless_asked_since(ns, &slot, since).await;
             return slot.lookup().unwrap_or(Lookup::Outage);
         }
         // aws, and nobody keeps this service fresh: re-validate before answering. Concurrent
@@ -915,10 +927,7 @@ impl Cache {
         if has_data {
             self.revalidate(ns, &slot, since, Urgency::Waiting).await;
         } else {
-            let _guard = slot.load.lock().await;
-            if !slot.attempted_since(since) {
-                let _ = self.fetch_locked(ns, &slot, Urgency::Waiting).await;
-            }
+            self.fetch_unless_asked_since(ns, &slot, since).await;
         }
         if !slot.refreshing.swap(true, Ordering::AcqRel) {
             self.active.fetch_add(1, Ordering::Relaxed);
