@@ -164,7 +164,8 @@ pub struct NamespaceState {
 pub struct SlotMarks {
     /// Moves when what answers say changes.
     pub generation: AtomicU64,
-    /// Milliseconds since the epoch of the last query that used this service.
+    /// Milliseconds since the epoch of the last query that used this service (hits stamp it
+    /// when it is 100 ms old or more: `answer::USE_STAMP_MS`).
     pub last_used: AtomicU64,
     /// When the backend last confirmed the data (wall-clock ms, 0 = never): answers built from it
     /// read it when served, for `answer_staleness_seconds`.

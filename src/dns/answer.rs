@@ -23,6 +23,10 @@ pub fn deps_hold(deps: &[(Arc<AtomicU64>, u64)]) -> bool {
     deps.iter().all(|(g, v)| g.load(Ordering::Acquire) == *v)
 }
 
+/// How stale a hit may leave its service's `last_used` (ms): what the idle timeout (minutes by
+/// default) is measured against, not worth a write per hit.
+const USE_STAMP_MS: u64 = 100;
+
 /// The service an answer was built from: its generation then, and its marks, read (and the
 /// last use written) on every hit.
 #[derive(Debug)]
@@ -97,9 +101,10 @@ impl Answer {
     /// Besides `out`, nothing is allocated unless a shuffled or sampled answer has over 64 records.
     pub fn write(&self, q: &Query, limit: usize, now_ms: u64, out: &mut Vec<u8>) -> bool {
         if let Some(s) = &self.service
-            && s.marks.last_used.load(Ordering::Relaxed) != now_ms
+            && now_ms.saturating_sub(s.marks.last_used.load(Ordering::Relaxed)) >= USE_STAMP_MS
         {
-            // Written only when it changed: a hit in the same millisecond leaves the line clean.
+            // Written only when it is older than that: the line is read by every hit on the
+            // service, on every UDP thread, and a write takes it from the other cores.
             s.marks.last_used.store(now_ms, Ordering::Relaxed);
         }
         if self.pick == Pick::All {

@@ -97,6 +97,7 @@ enum Settled {
 /// a hit then reads the answer's line and the marks' line at once, both addressed from the map's
 /// slot, rather than the marks only once the answer's line has come (a cache miss each, one
 /// after the other, most of the hit's own time in the profile).
+#[derive(Clone)]
 struct Cached {
     answer: Arc<Answer>,
     marks: Option<Arc<SlotMarks>>,
@@ -134,6 +135,65 @@ impl Cached {
             _ => true,
         };
         service_holds && deps_hold(&self.answer.deps)
+    }
+}
+
+/// A UDP thread's own copies of the answer map's entries it has answered from, read with no lock
+/// and no write to memory another thread reads. A read of the shared map takes its shard's read
+/// lock: an atomic add and subtract on a word every thread's reads of that shard write, so with
+/// a thread per core each read waits for that line to come from the core that read last (17 ns
+/// per read alone, 34-64 ns with a second core reading; bench/README.md, *Multi-core*). A copy
+/// holds while its answer is current (the generations `Cached::is_current` checks), as the
+/// shared entry does; one that is not is looked for in the shared map again. So a copy may
+/// outlive its shared entry's eviction, never its validity.
+pub struct ThreadAnswers {
+    map: hashbrown::HashMap<prefetch::Key, Cached, prefetch::KeyHasher>,
+}
+
+impl Default for ThreadAnswers {
+    fn default() -> Self {
+        ThreadAnswers { map: hashbrown::HashMap::with_hasher(prefetch::KeyHasher::default()) }
+    }
+}
+
+impl ThreadAnswers {
+    /// Whether `key` has an entry here, or in `shared` (then copied here), and starts loading
+    /// what a hit on it reads.
+    fn find(
+        &mut self,
+        key: &[u8],
+        shared: &DashMap<prefetch::Key, Cached, prefetch::KeyHasher>,
+        max: usize,
+    ) -> bool {
+        if let Some(c) = self.map.get(key) {
+            c.prefetch();
+            return true;
+        }
+        let Some(c) = shared.get(key).map(|c| Cached::clone(&c)) else { return false };
+        c.prefetch();
+        self.keep(key, c, max);
+        true
+    }
+
+    /// Keeps a copy of the shared map's entry for `key`. At most `max` (`max_cached_answers`)
+    /// are kept: past that the thread starts over, and its old copies are dropped on a thread
+    /// of their own, as dropping 100,000 (an Arc each, most on cold lines) would hold up the
+    /// UDP loop for milliseconds.
+    fn keep(&mut self, key: &[u8], entry: Cached, max: usize) {
+        if self.map.len() >= max.max(1) && !self.map.contains_key(key) {
+            let old = std::mem::take(&mut self.map);
+            // Should no thread start, `old` is dropped here instead: a stall, nothing lost.
+            let _ = std::thread::Builder::new().name("cloudmap-dns-drop".into()).spawn(move || drop(old));
+        }
+        self.map.insert(prefetch::Key::from_slice(key), entry);
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }
 
@@ -257,14 +317,17 @@ impl Engine {
         received: Received,
         counts: &mut impl Counts,
     ) -> Fast {
-        let batch = self.prepare(std::iter::once(packet), false);
-        self.answer_prepared(&batch, 0, transport, client, out, received, counts)
+        let batch = self.prepare(None, std::iter::once(packet), false);
+        self.answer_prepared(None, &batch, 0, transport, client, out, received, counts)
     }
 
-    /// `answer_cached` for the `i`th query of a batch that `prepare` parsed, keyed and looked up.
+    /// `answer_cached` for the `i`th query of a batch that `prepare` parsed, keyed and looked up;
+    /// from `own`, the calling thread's copies of the answer map, when it has them (the UDP
+    /// threads: `ThreadAnswers`).
     #[allow(clippy::too_many_arguments)]
     pub fn answer_prepared(
         &self,
+        own: Option<&mut ThreadAnswers>,
         batch: &Batch,
         i: usize,
         transport: Transport,
@@ -321,10 +384,7 @@ impl Engine {
             return Fast::Answered;
         }
         let answer_key = &key[..key.len() - 1];
-        if prepared.look_in_answers
-            && let Some(c) = self.answers.get(answer_key)
-            && c.is_current()
-        {
+        let mut hit = |c: &Cached| {
             let a = &c.answer;
             if zones_allowed || a.rcode == RCODE_REFUSED {
                 let now = received.wall_ms;
@@ -332,7 +392,21 @@ impl Engine {
                 self.count_answer(counts, a, q, client, out, now, metrics::Lookup::Hit, started);
                 return Fast::Answered;
             }
-            return Fast::Miss;
+            Fast::Miss
+        };
+        if prepared.look_in_answers {
+            if let Some(c) = own.as_deref().and_then(|o| o.map.get(answer_key)).filter(|c| c.is_current()) {
+                return hit(c);
+            }
+            // Not copied yet, or the copy no longer holds: the shared map may have a newer one.
+            if let Some(c) = self.answers.get(answer_key)
+                && c.is_current()
+            {
+                if let Some(o) = own {
+                    o.keep(answer_key, Cached::clone(&c), settings.max_cached_answers);
+                }
+                return hit(&c);
+            }
         }
         if let Some(f) = forwarder.as_ref()
             && recursion_allowed
@@ -376,7 +450,15 @@ impl Engine {
     ///    forward cache, if names are forwarded; its answer is then not looked for in the answer
     ///    map again (one probe of the map per query);
     /// 3. each forward cache entry found there, and its template.
-    pub fn prepare<'p>(&self, packets: impl Iterator<Item = &'p [u8]>, prefetch: bool) -> Batch<'p> {
+    ///
+    /// With `own` (a UDP thread's copies), the answer map is looked for there first, and an entry
+    /// found only in the shared map is copied there.
+    pub fn prepare<'p>(
+        &self,
+        mut own: Option<&mut ThreadAnswers>,
+        packets: impl Iterator<Item = &'p [u8]>,
+        prefetch: bool,
+    ) -> Batch<'p> {
         let mut batch =
             Batch { queries: SmallVec::new(), keys: SmallVec::new(), found: Prefetched::default() };
         let mut key = [0u8; KEY_ROOM];
@@ -386,7 +468,10 @@ impl Engine {
             if let Ok(q) = &parsed {
                 let n = forward::key_into(q, &mut key);
                 if prefetch {
-                    prefetch::slot(&self.answers, &key[..n - 1]);
+                    match own.as_deref() {
+                        Some(o) => prefetch::own_slot(&o.map, &key[..n - 1]),
+                        None => prefetch::slot(&self.answers, &key[..n - 1]),
+                    }
                 }
                 batch.keys.extend_from_slice(&key[..n]);
             }
@@ -397,6 +482,7 @@ impl Engine {
             return batch;
         }
         let forwarder = self.forwarder.load();
+        let max = self.settings.load().max_cached_answers;
         // The queries the answer map lacks, by index.
         let mut forwarded: SmallVec<[usize; 32]> = SmallVec::new();
         let Batch { queries, keys, found } = &mut batch;
@@ -404,17 +490,18 @@ impl Engine {
             if q.key.is_empty() {
                 continue;
             }
-            match self.answers.get(&keys[q.key.start..q.key.end - 1]) {
-                Some(c) => {
-                    c.prefetch();
-                    found.answers += 1;
-                }
-                None => {
-                    q.look_in_answers = false;
-                    if let Some(f) = forwarder.as_ref() {
-                        f.cache().prefetch_slot(&keys[q.key.clone()]);
-                        forwarded.push(i);
-                    }
+            let answer_key = &keys[q.key.start..q.key.end - 1];
+            let in_answers = match own.as_deref_mut() {
+                Some(o) => o.find(answer_key, &self.answers, max),
+                None => self.answers.get(answer_key).map(|c| c.prefetch()).is_some(),
+            };
+            if in_answers {
+                found.answers += 1;
+            } else {
+                q.look_in_answers = false;
+                if let Some(f) = forwarder.as_ref() {
+                    f.cache().prefetch_slot(&keys[q.key.clone()]);
+                    forwarded.push(i);
                 }
             }
         }
@@ -957,13 +1044,13 @@ mod tests {
         let batch = [&zone_name[..], &forwarded, &unknown, &forwarded_cd];
         // Without a forwarder nothing is looked for in a forward cache.
         assert_eq!(
-            engine.prepare(batch.iter().copied(), true).found,
+            engine.prepare(None, batch.iter().copied(), true).found,
             Prefetched { answers: 1, forwarded: 0 }
         );
         engine.reconfigure(loopback_settings(), Some(f));
         // The forwarded name, found by its lower-cased name and flags; not the CD query's (its
         // key differs), nor the zone name's (answered from the answer map).
-        let prepared = engine.prepare(batch.iter().copied(), true);
+        let prepared = engine.prepare(None, batch.iter().copied(), true);
         assert_eq!(prepared.found, Prefetched { answers: 1, forwarded: 1 });
         // Put into the answer map after the prefetch steps found it missing there: a batch's
         // query is not looked for again, a lone query is.
@@ -977,8 +1064,16 @@ mod tests {
         let client = [127, 0, 0, 1].into();
         for (i, rcode) in [(0, Some(RCODE_NOERROR)), (1, Some(RCODE_NOERROR)), (3, None)] {
             let mut out = Vec::new();
-            let fast =
-                engine.answer_prepared(&prepared, i, Transport::Udp, client, &mut out, received, &mut counts);
+            let fast = engine.answer_prepared(
+                None,
+                &prepared,
+                i,
+                Transport::Udp,
+                client,
+                &mut out,
+                received,
+                &mut counts,
+            );
             assert_eq!(matches!(fast, Fast::Answered), rcode.is_some(), "query {i}");
             if let Some(rcode) = rcode {
                 assert_eq!(out[3] & 0x0f, rcode, "query {i}");
@@ -1001,13 +1096,14 @@ mod tests {
         let badvers =
             [0, 4, 1, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1, b'a', 0, 0, 1, 0, 1, 0, 0, 41, 4, 208, 0, 1, 0, 0, 0, 0];
         let batch: [&[u8]; 4] = [&notimp, &formerr, &response, &badvers];
-        let prepared = engine.prepare(batch.iter().copied(), true);
+        let prepared = engine.prepare(None, batch.iter().copied(), true);
         let (received, mut counts, client) =
             (Received::now(), metrics::get().direct(), [127, 0, 0, 1].into());
         for (i, packet) in batch.iter().enumerate() {
             let (mut alone, mut batched) = (Vec::new(), Vec::new());
             let a = engine.answer_cached(packet, Transport::Udp, client, &mut alone, received, &mut counts);
             let b = engine.answer_prepared(
+                None,
                 &prepared,
                 i,
                 Transport::Udp,
@@ -1020,9 +1116,87 @@ mod tests {
             assert_eq!(alone, batched, "query {i}");
         }
         let mut out = Vec::new();
-        let beyond =
-            engine.answer_prepared(&prepared, 4, Transport::Udp, client, &mut out, received, &mut counts);
+        let beyond = engine.answer_prepared(
+            None,
+            &prepared,
+            4,
+            Transport::Udp,
+            client,
+            &mut out,
+            received,
+            &mut counts,
+        );
         assert!(matches!(beyond, Fast::Dropped) && out.is_empty());
+    }
+
+    /// A UDP thread answers from its own copy of an answer while the copy holds, even once the
+    /// shared map has let it go, and takes the shared map's newer answer once it does not.
+    #[test]
+    fn a_thread_answers_from_its_own_copies_while_they_hold() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = loopback_engine(dir.path());
+        let query = [0, 7, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'e', b'b', 2, b'n', b's', 0, 0, 1, 0, 1];
+        let mut key = [0u8; KEY_ROOM];
+        let n = wire::key_into(&wire::parse_query(&query).unwrap(), &mut key);
+        let key = prefetch::Key::from_slice(&key[..n]);
+        let generation = Arc::new(AtomicU64::new(1));
+        let answer = |records: usize| {
+            let mut a = Answer::new(RCODE_NOERROR);
+            for i in 0..records {
+                a.records.push([i as u8; 16]);
+            }
+            a.deps.push((generation.clone(), generation.load(Ordering::Acquire)));
+            Cached::new(Arc::new(a))
+        };
+        engine.answers.insert(key.clone(), answer(2));
+        let mut own = ThreadAnswers::default();
+        let (received, mut counts, client) =
+            (Received::now(), metrics::get().direct(), [127, 0, 0, 1].into());
+        // The records a query is answered with through `own`, if it is answered from a cache.
+        let mut ask = |own: &mut ThreadAnswers| {
+            let batch = [&query[..], &query];
+            let prepared = engine.prepare(Some(&mut *own), batch.iter().copied(), true);
+            let mut out = Vec::new();
+            let fast = engine.answer_prepared(
+                Some(own),
+                &prepared,
+                0,
+                Transport::Udp,
+                client,
+                &mut out,
+                received,
+                &mut counts,
+            );
+            matches!(fast, Fast::Answered).then(|| u16::from_be_bytes([out[6], out[7]]))
+        };
+        assert_eq!(ask(&mut own), Some(2));
+        assert_eq!(own.len(), 1, "copied on the first hit");
+        // Evicted from the shared map: the copy still holds, and answers.
+        engine.answers.remove(key.as_slice());
+        assert_eq!(ask(&mut own), Some(2), "from the thread's own copy");
+        // What the answer was built from changed: the copy no longer holds, and the shared
+        // map's answer, built since, replaces it.
+        generation.fetch_add(1, Ordering::AcqRel);
+        engine.answers.insert(key.clone(), answer(3));
+        assert_eq!(ask(&mut own), Some(3), "the newer answer");
+        assert_eq!(ask(&mut own), Some(3));
+        // Neither holds: not answered from a cache.
+        generation.fetch_add(1, Ordering::AcqRel);
+        assert_ne!(ask(&mut own), Some(3));
+    }
+
+    /// A thread keeps at most `max_cached_answers` copies: past that it starts over.
+    #[test]
+    fn a_thread_keeps_at_most_the_answer_cache_size() {
+        let mut own = ThreadAnswers::default();
+        let entry = || Cached::new(answer_of(1));
+        own.keep(b"a", entry(), 2);
+        own.keep(b"b", entry(), 2);
+        own.keep(b"b", entry(), 2);
+        assert_eq!(own.len(), 2, "a key kept again replaces its copy");
+        own.keep(b"c", entry(), 2);
+        assert_eq!(own.len(), 1, "full: started over with the new one");
+        assert!(own.map.contains_key(b"c".as_slice()));
     }
 
     fn answer_of(records: usize) -> Arc<Answer> {

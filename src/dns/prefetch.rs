@@ -1,6 +1,8 @@
 //! CPU cache prefetches for the hot path: hints that start loading memory a later step will
 //! read, so that the misses of several queries overlap instead of coming one after another.
 
+use std::hash::BuildHasher;
+
 use dashmap::DashMap;
 use smallvec::SmallVec;
 
@@ -49,27 +51,34 @@ pub fn lines(addr: usize, len: usize) {
 /// key's probe position, and the two buckets from there. Found from the table's address and
 /// size alone: no read of its contents.
 pub fn slot<V>(map: &DashMap<Key, V, KeyHasher>, key: &[u8]) {
-    let (control, buckets) = slot_lines(map, key);
+    load_slot(slot_lines(map, key));
+}
+
+/// `slot` for a map of one thread's own (`engine::ThreadAnswers`).
+pub fn own_slot<V>(map: &hashbrown::HashMap<Key, V, KeyHasher>, key: &[u8]) {
+    load_slot(table_lines(map.raw_table(), map.hasher().hash_one(key) as usize));
+}
+
+fn load_slot((control, buckets): ((usize, usize), (usize, usize))) {
     lines(control.0, control.1);
     lines(buckets.0, buckets.1);
 }
 
 /// Where `slot` looks: (address, length) of the control group and of the two buckets.
+fn slot_lines<V>(map: &DashMap<Key, V, KeyHasher>, key: &[u8]) -> ((usize, usize), (usize, usize)) {
+    let hash = map.hash_usize(&key);
+    let shard = &map.shards()[map.determine_shard(hash)];
+    table_lines(&shard.read(), hash)
+}
+
+/// The control group and the two buckets where a lookup of `hash` in `table` begins.
 /// hashbrown's table keeps its control bytes from `data_end` on and bucket `i` just below
 /// `data_end - i * size` (its documented layout); were that to change, the hint would only miss
 /// (`cached_keys_are_found_where_their_slot_is_loaded` would fail).
-fn slot_lines<V>(map: &DashMap<Key, V, KeyHasher>, key: &[u8]) -> ((usize, usize), (usize, usize)) {
-    fn element_size<T>(_: std::ptr::NonNull<T>) -> usize {
-        std::mem::size_of::<T>()
-    }
+fn table_lines<T>(table: &hashbrown::raw::RawTable<T>, hash: usize) -> ((usize, usize), (usize, usize)) {
     const GROUP: usize = 16;
-    let hash = map.hash_usize(&key);
-    let shard = &map.shards()[map.determine_shard(hash)];
-    let (end, buckets, size) = {
-        let table = shard.read();
-        (table.data_end().as_ptr() as usize, table.buckets(), element_size(table.data_end()))
-    };
-    let pos = hash & (buckets - 1);
+    let (end, size) = (table.data_end().as_ptr() as usize, std::mem::size_of::<T>());
+    let pos = hash & (table.buckets() - 1);
     ((end + pos, GROUP), (end.wrapping_sub((pos + 2) * size), 2 * size))
 }
 
@@ -102,25 +111,38 @@ mod tests {
         assert_eq!(lines(usize::MAX - 10, 100), [usize::MAX & !(LINE - 1)]);
     }
 
-    /// The map's layout that `slot` assumes holds: most keys lie in the two buckets it loads
-    /// (the rest were pushed further along their probe by collisions).
+    /// The map's layout that `slot` and `own_slot` assume holds: most keys lie in the two
+    /// buckets they load (the rest were pushed further along their probe by collisions).
     #[test]
     fn cached_keys_are_found_where_their_slot_is_loaded() {
-        // A value of an answer cache entry's size (an Arc, two hints).
+        // A value of an answer cache entry's size (two Arcs, two hints).
         let map: DashMap<Key, [usize; 6], KeyHasher> = DashMap::with_hasher(KeyHasher::default());
+        let mut own: hashbrown::HashMap<Key, [usize; 6], KeyHasher> =
+            hashbrown::HashMap::with_hasher(KeyHasher::default());
         let keys: Vec<Key> = (0..5_000).map(|i| Key::from_slice(format!("svc{i}.ns").as_bytes())).collect();
         for k in &keys {
             map.insert(k.clone(), [0; 6]);
+            own.insert(k.clone(), [0; 6]);
         }
-        let mut within = 0;
+        let (mut within, mut within_own) = (0, 0);
         for k in &keys {
             let (_, (at, len)) = slot_lines(&map, k);
             let entry = map.get(k.as_slice()).expect("inserted");
-            let key_at = entry.key() as *const Key as usize;
-            if (at..at + len).contains(&key_at) {
+            if (at..at + len).contains(&(entry.key() as *const Key as usize)) {
                 within += 1;
             }
+            let (_, (at, len)) = table_lines(own.raw_table(), own.hasher().hash_one(k.as_slice()) as usize);
+            let (key, _) = own.get_key_value(k.as_slice()).expect("inserted");
+            if (at..at + len).contains(&(key as *const Key as usize)) {
+                within_own += 1;
+            }
         }
-        assert!(within * 10 >= keys.len() * 7, "{within} of {} keys where their slot was loaded", keys.len());
+        for (map, n) in [("shared", within), ("own", within_own)] {
+            assert!(
+                n * 10 >= keys.len() * 7,
+                "{map}: {n} of {} keys where their slot was loaded",
+                keys.len()
+            );
+        }
     }
 }

@@ -518,6 +518,7 @@ fn serve_udp_thread(
         received: RecvBatch::default(),
         replies: super::mmsg::SendBatch::default(),
         tally: metrics::Tally::new(),
+        own: super::engine::ThreadAnswers::default(),
         engine: &engine,
         limiter: &limiter,
         inflight: &inflight,
@@ -585,6 +586,8 @@ struct UdpBatch<'a> {
     received: super::mmsg::RecvBatch,
     replies: super::mmsg::SendBatch,
     tally: metrics::Tally,
+    /// This thread's copies of the answer map's entries.
+    own: super::engine::ThreadAnswers,
     engine: &'a Arc<Engine>,
     limiter: &'a SharedLimiter,
     inflight: &'a Arc<InFlight>,
@@ -595,15 +598,24 @@ impl UdpBatch<'_> {
     /// Answers the `n` datagrams just received on `fd`: hits from the cache, the rest through
     /// `miss`; what is answered here leaves in one `sendmmsg`.
     fn answer(&mut self, n: usize, fd: i32, sink: &Sink) {
-        let UdpBatch { received, replies, tally, engine, limiter, inflight } = self;
+        let UdpBatch { received, replies, tally, own, engine, limiter, inflight } = self;
         let received_at = Received::now();
         let datagrams: smallvec::SmallVec<[(&[u8], SocketAddr); super::mmsg::BATCH]> =
             (0..n).filter_map(|i| received.get(i)).collect();
-        let batch = engine.prepare(datagrams.iter().map(|&(packet, _)| packet), n > 1);
+        let batch = engine.prepare(Some(&mut *own), datagrams.iter().map(|&(packet, _)| packet), n > 1);
         let limit = limiter.load();
         for (i, &(packet, peer)) in datagrams.iter().enumerate() {
             let out = replies.next_buf();
-            match engine.answer_prepared(&batch, i, Transport::Udp, peer.ip(), out, received_at, tally) {
+            match engine.answer_prepared(
+                Some(&mut *own),
+                &batch,
+                i,
+                Transport::Udp,
+                peer.ip(),
+                out,
+                received_at,
+                tally,
+            ) {
                 Fast::Answered => {
                     if admit(limit.as_deref(), peer, out) {
                         replies.push(peer);

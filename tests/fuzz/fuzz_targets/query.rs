@@ -14,7 +14,7 @@ use cloudmap_dns::backend::{
     Backend, BackendError, Change, Discovered, DiscoveredInstance, Health, NamespaceRef, ServiceInfo, Urgency,
 };
 use cloudmap_dns::cache::{Cache, CacheSettings, ZoneSource};
-use cloudmap_dns::dns::engine::{Engine, EngineSettings, Received, Transport};
+use cloudmap_dns::dns::engine::{Engine, EngineSettings, Received, ThreadAnswers, Transport};
 use cloudmap_dns::dns::wire;
 use cloudmap_dns::zone::{HealthMode, Zone};
 use libfuzzer_sys::fuzz_target;
@@ -118,14 +118,15 @@ fuzz_target!(|data: &[u8]| {
     let h = harness();
     // The UDP loop's way: a batch parsed, keyed and prefetched once, then answered query by
     // query, as a lone query is.
-    let batch = h.engine.prepare([data, data].into_iter(), true);
+    let mut own = ThreadAnswers::default();
+    let batch = h.engine.prepare(Some(&mut own), [data, data].into_iter(), true);
     let mut counts = cloudmap_dns::metrics::get().direct();
     let received = Received::now();
     for i in 0..2 {
         let (mut alone, mut batched) = (Vec::new(), Vec::new());
         let client = [127, 0, 0, 1].into();
         let a = h.engine.answer_cached(data, Transport::Udp, client, &mut alone, received, &mut counts);
-        let b = h.engine.answer_prepared(&batch, i, Transport::Udp, client, &mut batched, received, &mut counts);
+        let b = h.engine.answer_prepared(Some(&mut own), &batch, i, Transport::Udp, client, &mut batched, received, &mut counts);
         // Records may come in another order; the kind of answer, its ID, flags and rcode not.
         assert_eq!(std::mem::discriminant(&a), std::mem::discriminant(&b), "answered as a lone query");
         assert_eq!(alone.get(..4), batched.get(..4), "the same ID, flags and rcode as a lone query");
