@@ -1064,16 +1064,7 @@ mod tests {
         let client = [127, 0, 0, 1].into();
         for (i, rcode) in [(0, Some(RCODE_NOERROR)), (1, Some(RCODE_NOERROR)), (3, None)] {
             let mut out = Vec::new();
-            let fast = engine.answer_prepared(
-                None,
-                &prepared,
-                i,
-                Transport::Udp,
-                client,
-                &mut out,
-                received,
-                &mut counts,
-            );
+            let fast = answer_shared(&engine, &prepared, i, &mut out, received);
             assert_eq!(matches!(fast, Fast::Answered), rcode.is_some(), "query {i}");
             if let Some(rcode) = rcode {
                 assert_eq!(out[3] & 0x0f, rcode, "query {i}");
@@ -1102,30 +1093,12 @@ mod tests {
         for (i, packet) in batch.iter().enumerate() {
             let (mut alone, mut batched) = (Vec::new(), Vec::new());
             let a = engine.answer_cached(packet, Transport::Udp, client, &mut alone, received, &mut counts);
-            let b = engine.answer_prepared(
-                None,
-                &prepared,
-                i,
-                Transport::Udp,
-                client,
-                &mut batched,
-                received,
-                &mut counts,
-            );
+            let b = answer_shared(&engine, &prepared, i, &mut batched, received);
             assert_eq!(std::mem::discriminant(&a), std::mem::discriminant(&b), "query {i}");
             assert_eq!(alone, batched, "query {i}");
         }
         let mut out = Vec::new();
-        let beyond = engine.answer_prepared(
-            None,
-            &prepared,
-            4,
-            Transport::Udp,
-            client,
-            &mut out,
-            received,
-            &mut counts,
-        );
+        let beyond = answer_shared(&engine, &prepared, 4, &mut out, received);
         assert!(matches!(beyond, Fast::Dropped) && out.is_empty());
     }
 
@@ -1197,6 +1170,19 @@ mod tests {
         own.keep(b"c", entry(), 2);
         assert_eq!(own.len(), 1, "full: started over with the new one");
         assert!(own.map.contains_key(b"c".as_slice()));
+    }
+
+    /// `answer_prepared` for query `i` of `prepared` from a loopback client, from the shared
+    /// answer map (no thread's copies).
+    fn answer_shared(
+        engine: &Engine,
+        prepared: &Batch,
+        i: usize,
+        out: &mut Vec<u8>,
+        received: Received,
+    ) -> Fast {
+        let (client, mut counts) = ([127, 0, 0, 1].into(), metrics::get().direct());
+        engine.answer_prepared(None, prepared, i, Transport::Udp, client, out, received, &mut counts)
     }
 
     fn answer_of(records: usize) -> Arc<Answer> {
