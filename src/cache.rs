@@ -1229,16 +1229,22 @@ mod tests {
         }
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn queries_that_miss_together_share_one_backend_call() {
+    /// A cache over a `Pushed` backend, and its namespace `ns`.
+    fn pushed_cache() -> (Arc<Pushed>, Arc<Cache>, Arc<NamespaceState>) {
         let backend = Arc::new(Pushed::new());
         let cache = Cache::new(
             backend.clone(),
             settings(Duration::from_secs(5)),
             ZoneSource { explicit: Vec::new(), automatic: None },
         );
-        assert!(cache.pushed());
         let ns = cache.namespace(&NamespaceRef { http_name: "ns".into(), owner_account: None });
+        (backend, cache, ns)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queries_that_miss_together_share_one_backend_call() {
+        let (backend, cache, ns) = pushed_cache();
+        assert!(cache.pushed());
         let together = |n: usize| {
             let mut set = tokio::task::JoinSet::new();
             for _ in 0..n {
@@ -1264,13 +1270,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn queries_waiting_for_the_service_names_share_one_call() {
-        let backend = Arc::new(Pushed::new());
-        let cache = Cache::new(
-            backend.clone(),
-            settings(Duration::from_secs(5)),
-            ZoneSource { explicit: Vec::new(), automatic: None },
-        );
-        let ns = cache.namespace(&NamespaceRef { http_name: "ns".into(), owner_account: None });
+        let (backend, cache, ns) = pushed_cache();
         let together = |n: usize| {
             let mut set = tokio::task::JoinSet::new();
             for _ in 0..n {
