@@ -1,8 +1,10 @@
 //! The answer path's own cost per cache hit, without sockets, on one thread and on two at once:
-//! what the UDP threads' reads of the answer cache cost each other. A batch of 32 queries is
-//! answered as the UDP loop answers one (`Engine::prepare`, then `answer_prepared` for each),
-//! either from the shared answer map alone (`shared`, as the TCP path and the lone-query path
-//! read it) or through each thread's own copies (`own`, `ThreadAnswers`, as the UDP threads do).
+//! what the UDP threads' reads of the caches cost each other. A batch of 32 queries is answered
+//! as the UDP loop answers one (`Engine::prepare`, then `answer_prepared` for each), either from
+//! the shared maps alone (`shared`, as the TCP path and the lone-query path read them) or
+//! through each thread's own copies (`own`, `ThreadCopies`, as the UDP threads do). Two kinds of
+//! hit: zone names (`svcN.b`, the answer map) and forwarded names (`hostN.up.test`, the forward
+//! cache, as an upstream's reply of one A record).
 //!
 //! Run: cargo bench --bench answer_threads   (ANSWER_THREADS_NAMES, _SECONDS, _ROUNDS to change)
 //!
@@ -18,8 +20,10 @@ use cloudmap_dns::backend::{
     Backend, BackendError, Change, Discovered, DiscoveredInstance, Health, NamespaceRef, ServiceInfo, Urgency,
 };
 use cloudmap_dns::cache::{Cache, CacheSettings, ZoneSource};
-use cloudmap_dns::dns::engine::{Engine, EngineSettings, Fast, Received, ThreadAnswers, Transport};
+use cloudmap_dns::dns::answer::Deps;
+use cloudmap_dns::dns::engine::{Engine, EngineSettings, Fast, Received, ThreadCopies, Transport};
 use cloudmap_dns::dns::wire;
+use cloudmap_dns::forward::{self, Forwarder, reply};
 use cloudmap_dns::metrics::Tally;
 use cloudmap_dns::zone::{HealthMode, Zone};
 
@@ -70,6 +74,9 @@ impl Backend for Services {
     }
 }
 
+/// The hits (`zone`, `forwarded`), whether through each thread's own copies, and threads.
+type Case = (&'static str, bool, usize);
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
@@ -82,6 +89,23 @@ fn query(id: u16, name: &str) -> Vec<u8> {
     p
 }
 
+/// Stores an upstream's reply to `query` (one A record, an hour's TTL) in `f`'s cache, as the
+/// forwarder stores what it receives.
+fn store_forwarded(f: &Forwarder, query: &[u8], zones_generation: u64) {
+    let q = wire::parse_query(query).expect("a query");
+    let mut reply = query.to_vec();
+    reply[2..8].copy_from_slice(&[0x81, 0x80, 0, 1, 0, 1]);
+    reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0x0e, 0x10, 0, 4, 192, 0, 2, query[1]]);
+    let id = u16::from_be_bytes([query[0], query[1]]);
+    let clamps = reply::Clamps { min_ttl: 0, max_ttl: 86_400, max_negative_ttl: 3_600 };
+    let template = reply::accept(&reply, id, q.question, clamps).expect("a reply");
+    let now = forward::mono_ms();
+    let entry = forward::cache::Entry::new(template, None, now, 3_600, 0, zones_generation, Deps::new());
+    let mut key = [0u8; wire::KEY_ROOM];
+    let n = forward::key_into(&q, &mut key);
+    f.cache().insert(&key[..n], entry, now);
+}
+
 /// Answers batches of 32 of `queries` (from `offset` on, in turn) for `seconds`: nanoseconds per
 /// query on this thread.
 fn answer_for(
@@ -91,7 +115,7 @@ fn answer_for(
     own: bool,
     stop: &AtomicBool,
 ) -> (u64, Duration) {
-    let mut copies = ThreadAnswers::default();
+    let mut copies = ThreadCopies::default();
     let (mut tally, mut out, client) = (Tally::new(), Vec::with_capacity(512), [127, 0, 0, 1].into());
     let (started, mut answered, mut at) = (Instant::now(), 0u64, offset);
     while !stop.load(Ordering::Relaxed) {
@@ -163,26 +187,36 @@ fn main() {
         allow_recursion: Acl::new(&acl::loopback()),
         query_log: false,
     };
-    let engine = Arc::new(Engine::new(cache, None, settings));
-    let queries: Arc<Vec<Vec<u8>>> =
-        Arc::new((0..names).map(|i| query(i as u16, &format!("svc{i}.b"))).collect());
-    // Each name answered once through the slow path, which caches its answer; the next time it
-    // is a hit.
+    let config = cloudmap_dns::config::Config::default();
+    // Its upstream is never asked: every forwarded name is in its cache.
+    let forwarder =
+        Forwarder::new(&["127.0.0.1:9".parse().expect("an address")], &[], config.forward_settings());
+    let zones_generation = cache.zones_generation.load(Ordering::Acquire);
+    let forwarded: Vec<Vec<u8>> = (0..names).map(|i| query(i as u16, &format!("host{i}.up.test"))).collect();
+    for q in &forwarded {
+        store_forwarded(&forwarder, q, zones_generation);
+    }
+    let engine = Arc::new(Engine::new(cache, Some(Arc::new(forwarder)), settings));
+    let zone_names: Vec<Vec<u8>> = (0..names).map(|i| query(i as u16, &format!("svc{i}.b"))).collect();
+    // Each zone name answered once through the slow path, which caches its answer; the next
+    // time it is a hit.
     runtime.block_on(async {
-        for q in queries.iter() {
+        for q in &zone_names {
             for _ in 0..2 {
                 let _ = engine.answer(q, Transport::Udp, [127, 0, 0, 1].into()).await;
             }
         }
     });
+    let workloads = [("zone", Arc::new(zone_names)), ("forwarded", Arc::new(forwarded))];
     println!(
-        "## answer path per hit, {names} names x 3 records, batches of 32, {seconds} s per reading, {rounds} rounds"
+        "## answer path per hit, {names} names (zone: x 3 records), batches of 32, {seconds} s per reading, {rounds} rounds"
     );
-    println!("| round | reads | threads | ns per query on each thread | queries/s in all |");
-    println!("|---|---|---:|---|---:|");
-    let mut per_case: Vec<((bool, usize), Vec<f64>)> = Vec::new();
+    println!("| round | hits | reads | threads | ns per query on each thread | queries/s in all |");
+    println!("|---|---|---|---:|---|---:|");
+    // (hits, own, threads): each round's mean ns per query.
+    let mut per_case: Vec<(Case, Vec<f64>)> = Vec::new();
     for round in 1..=rounds {
-        for own in [false, true] {
+        for ((workload, queries), own) in workloads.iter().flat_map(|w| [false, true].map(|own| (w, own))) {
             for threads in [1usize, 2] {
                 let stop = Arc::new(AtomicBool::new(false));
                 let start = Arc::new(Barrier::new(threads + 1));
@@ -205,21 +239,21 @@ fn main() {
                 let total: f64 = results.iter().map(|(n, d)| *n as f64 / d.as_secs_f64()).sum();
                 let mode = if own { "own" } else { "shared" };
                 let each = ns.iter().map(|n| format!("{n:.0}")).collect::<Vec<_>>().join(", ");
-                println!("| {round} | {mode} | {threads} | {each} | {total:.0} |");
+                println!("| {round} | {workload} | {mode} | {threads} | {each} | {total:.0} |");
                 let mean = ns.iter().sum::<f64>() / ns.len() as f64;
-                match per_case.iter_mut().find(|(k, _)| *k == (own, threads)) {
+                match per_case.iter_mut().find(|(k, _)| *k == (*workload, own, threads)) {
                     Some((_, v)) => v.push(mean),
-                    None => per_case.push(((own, threads), vec![mean])),
+                    None => per_case.push(((*workload, own, threads), vec![mean])),
                 }
             }
         }
     }
     println!();
-    println!("| reads | threads | median ns per query (mean of the threads) |");
-    println!("|---|---:|---:|");
-    for ((own, threads), mut v) in per_case {
+    println!("| hits | reads | threads | median ns per query (mean of the threads) |");
+    println!("|---|---|---:|---:|");
+    for ((workload, own, threads), mut v) in per_case {
         v.sort_by(f64::total_cmp);
         let mode = if own { "own" } else { "shared" };
-        println!("| {mode} | {threads} | {:.1} |", v[v.len() / 2]);
+        println!("| {workload} | {mode} | {threads} | {:.1} |", v[v.len() / 2]);
     }
 }

@@ -24,6 +24,7 @@ use dashmap::DashMap;
 use smallvec::SmallVec;
 
 use super::answer::{Answer, Deps, ServiceDep, deps_hold};
+use super::copies::Copies;
 use super::prefetch;
 use super::wire::{self, *};
 use crate::acl::Acl;
@@ -138,62 +139,31 @@ impl Cached {
     }
 }
 
-/// A UDP thread's own copies of the answer map's entries it has answered from, read with no lock
-/// and no write to memory another thread reads. A read of the shared map takes its shard's read
-/// lock: an atomic add and subtract on a word every thread's reads of that shard write, so with
-/// a thread per core each read waits for that line to come from the core that read last (17 ns
-/// per read alone, 34-64 ns with a second core reading; bench/README.md, *Multi-core*). A copy
-/// holds while its answer is current (the generations `Cached::is_current` checks), as the
-/// shared entry does; one that is not is looked for in the shared map again. So a copy may
-/// outlive its shared entry's eviction, never its validity.
-pub struct ThreadAnswers {
-    map: hashbrown::HashMap<prefetch::Key, Cached, prefetch::KeyHasher>,
+/// A UDP thread's own copies (`copies`) of the entries it has answered from: the answer map's,
+/// and the forward cache's. An answer map copy holds while its answer is current (the
+/// generations `Cached::is_current` checks), as the shared entry does; one that is not is
+/// looked for in the shared map again. So a copy may outlive its shared entry's eviction, never
+/// its validity. Forward cache copies: `forward::cache::ThreadEntries`.
+#[derive(Default)]
+pub struct ThreadCopies {
+    answers: Copies<Cached>,
+    forwarded: forward::cache::ThreadEntries,
 }
 
-impl Default for ThreadAnswers {
-    fn default() -> Self {
-        ThreadAnswers { map: hashbrown::HashMap::with_hasher(prefetch::KeyHasher::default()) }
-    }
-}
-
-impl ThreadAnswers {
-    /// Whether `key` has an entry here, or in `shared` (then copied here), and starts loading
-    /// what a hit on it reads.
-    fn find(
-        &mut self,
-        key: &[u8],
-        shared: &DashMap<prefetch::Key, Cached, prefetch::KeyHasher>,
-        max: usize,
-    ) -> bool {
-        if let Some(c) = self.map.get(key) {
-            c.prefetch();
-            return true;
-        }
-        let Some(c) = shared.get(key).map(|c| Cached::clone(&c)) else { return false };
-        c.prefetch();
-        self.keep(key, c, max);
-        true
-    }
-
-    /// Keeps a copy of the shared map's entry for `key`. At most `max` (`max_cached_answers`)
-    /// are kept: past that the thread starts over, and its old copies are dropped on a thread
-    /// of their own, as dropping 100,000 (an Arc each, most on cold lines) would hold up the
-    /// UDP loop for milliseconds.
+impl ThreadCopies {
+    /// Keeps a copy of the shared map's entry for `key`, at most `max` (`max_cached_answers`).
     fn keep(&mut self, key: &[u8], entry: Cached, max: usize) {
-        if self.map.len() >= max.max(1) && !self.map.contains_key(key) {
-            let old = std::mem::take(&mut self.map);
-            // Should no thread start, `old` is dropped here instead: a stall, nothing lost.
-            let _ = std::thread::Builder::new().name("cloudmap-dns-drop".into()).spawn(move || drop(old));
-        }
-        self.map.insert(prefetch::Key::from_slice(key), entry);
+        self.answers.keep(key, entry, max);
     }
 
-    pub fn len(&self) -> usize {
-        self.map.len()
+    /// Copies of the answer map's entries.
+    pub fn answers(&self) -> usize {
+        self.answers.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
+    /// Copies of the forward cache's entries.
+    pub fn forwarded(&self) -> usize {
+        self.forwarded.len()
     }
 }
 
@@ -322,12 +292,12 @@ impl Engine {
     }
 
     /// `answer_cached` for the `i`th query of a batch that `prepare` parsed, keyed and looked up;
-    /// from `own`, the calling thread's copies of the answer map, when it has them (the UDP
-    /// threads: `ThreadAnswers`).
+    /// through `own`, the calling thread's copies of the caches' entries, when it has them (the
+    /// UDP threads: `ThreadCopies`).
     #[allow(clippy::too_many_arguments)]
     pub fn answer_prepared(
         &self,
-        own: Option<&mut ThreadAnswers>,
+        mut own: Option<&mut ThreadCopies>,
         batch: &Batch,
         i: usize,
         transport: Transport,
@@ -395,14 +365,15 @@ impl Engine {
             Fast::Miss
         };
         if prepared.look_in_answers {
-            if let Some(c) = own.as_deref().and_then(|o| o.map.get(answer_key)).filter(|c| c.is_current()) {
+            if let Some(c) = own.as_deref().and_then(|o| o.answers.get(answer_key)).filter(|c| c.is_current())
+            {
                 return hit(c);
             }
             // Not copied yet, or the copy no longer holds: the shared map may have a newer one.
             if let Some(c) = self.answers.get(answer_key)
                 && c.is_current()
             {
-                if let Some(o) = own {
+                if let Some(o) = own.as_deref_mut() {
                     o.keep(answer_key, Cached::clone(&c), settings.max_cached_answers);
                 }
                 return hit(&c);
@@ -413,7 +384,15 @@ impl Engine {
         {
             let zones_generation = self.cache.zones_generation.load(Ordering::Acquire);
             let now = forward::mono_ms_at(received.at);
-            if let Some(served) = f.cached(q, key, zones_generation, limit(q, transport), now, out) {
+            if let Some(served) = f.cached(
+                own.map(|o| &mut o.forwarded),
+                q,
+                key,
+                zones_generation,
+                limit(q, transport),
+                now,
+                out,
+            ) {
                 self.count_forwarded(counts, served, q, client, out, started);
                 return Fast::Answered;
             }
@@ -451,11 +430,13 @@ impl Engine {
     ///    map again (one probe of the map per query);
     /// 3. each forward cache entry found there, and its template.
     ///
-    /// With `own` (a UDP thread's copies), the answer map is looked for there first, and an entry
-    /// found only in the shared map is copied there.
+    /// With `own` (a UDP thread's copies), both maps are looked for in the thread's copies:
+    /// a key neither has a copy of is then looked for in the shared answer map, then in the
+    /// shared forward cache, and what is found is copied. So a forwarded name the thread has
+    /// answered before reads no shared map either.
     pub fn prepare<'p>(
         &self,
-        mut own: Option<&mut ThreadAnswers>,
+        mut own: Option<&mut ThreadCopies>,
         packets: impl Iterator<Item = &'p [u8]>,
         prefetch: bool,
     ) -> Batch<'p> {
@@ -469,7 +450,7 @@ impl Engine {
                 let n = forward::key_into(q, &mut key);
                 if prefetch {
                     match own.as_deref() {
-                        Some(o) => prefetch::own_slot(&o.map, &key[..n - 1]),
+                        Some(o) => o.answers.prefetch_slot(&key[..n - 1]),
                         None => prefetch::slot(&self.answers, &key[..n - 1]),
                     }
                 }
@@ -482,34 +463,53 @@ impl Engine {
             return batch;
         }
         let forwarder = self.forwarder.load();
+        let forward_cache = forwarder.as_ref().map(|f| f.cache());
         let max = self.settings.load().max_cached_answers;
-        // The queries the answer map lacks, by index.
-        let mut forwarded: SmallVec<[usize; 32]> = SmallVec::new();
+        // The queries without an entry (or a copy of one) in the answer map, by index.
+        let mut rest: SmallVec<[usize; 32]> = SmallVec::new();
         let Batch { queries, keys, found } = &mut batch;
         for (i, q) in queries.iter_mut().enumerate() {
             if q.key.is_empty() {
                 continue;
             }
             let answer_key = &keys[q.key.start..q.key.end - 1];
-            let in_answers = match own.as_deref_mut() {
-                Some(o) => o.find(answer_key, &self.answers, max),
+            let in_answers = match own.as_deref() {
+                Some(o) => o.answers.get(answer_key).map(|c| c.prefetch()).is_some(),
                 None => self.answers.get(answer_key).map(|c| c.prefetch()).is_some(),
             };
             if in_answers {
                 found.answers += 1;
-            } else {
-                q.look_in_answers = false;
-                if let Some(f) = forwarder.as_ref() {
-                    f.cache().prefetch_slot(&keys[q.key.clone()]);
-                    forwarded.push(i);
-                }
+                continue;
+            }
+            rest.push(i);
+            match (own.as_deref(), forward_cache) {
+                (Some(o), Some(c)) => c.prefetch_own_slot(&o.forwarded, &keys[q.key.clone()]),
+                (None, Some(c)) => c.prefetch_slot(&keys[q.key.clone()]),
+                (_, None) => {}
             }
         }
-        if let Some(f) = forwarder.as_ref() {
-            found.forwarded = forwarded
-                .into_iter()
-                .filter(|&i| f.cache().prefetch_entry(&keys[queries[i].key.clone()]))
-                .count();
+        for i in rest {
+            let q = &mut queries[i];
+            let key = &keys[q.key.clone()];
+            let in_forwarded = match own.as_deref_mut() {
+                None => forward_cache.is_some_and(|c| c.prefetch_entry(key)),
+                Some(o) => {
+                    let answer_key = &key[..key.len() - 1];
+                    if forward_cache.is_some_and(|c| c.prefetch_own_entry(&o.forwarded, key)) {
+                        true
+                    } else if let Some(c) = self.answers.get(answer_key).map(|c| Cached::clone(&c)) {
+                        // Not answered by this thread yet (or not since its copy went).
+                        c.prefetch();
+                        o.keep(answer_key, c, max);
+                        found.answers += 1;
+                        continue;
+                    } else {
+                        forward_cache.is_some_and(|c| c.prefetch_copied_entry(&mut o.forwarded, key))
+                    }
+                }
+            };
+            q.look_in_answers = false;
+            found.forwarded += in_forwarded as usize;
         }
         batch
     }
@@ -1122,11 +1122,11 @@ mod tests {
             Cached::new(Arc::new(a))
         };
         engine.answers.insert(key.clone(), answer(2));
-        let mut own = ThreadAnswers::default();
+        let mut own = ThreadCopies::default();
         let (received, mut counts, client) =
             (Received::now(), metrics::get().direct(), [127, 0, 0, 1].into());
         // The records a query is answered with through `own`, if it is answered from a cache.
-        let mut ask = |own: &mut ThreadAnswers| {
+        let mut ask = |own: &mut ThreadCopies| {
             let batch = [&query[..], &query];
             let prepared = engine.prepare(Some(&mut *own), batch.iter().copied(), true);
             let mut out = Vec::new();
@@ -1143,7 +1143,7 @@ mod tests {
             matches!(fast, Fast::Answered).then(|| u16::from_be_bytes([out[6], out[7]]))
         };
         assert_eq!(ask(&mut own), Some(2));
-        assert_eq!(own.len(), 1, "copied on the first hit");
+        assert_eq!(own.answers(), 1, "copied on the first hit");
         // Evicted from the shared map: the copy still holds, and answers.
         engine.answers.remove(key.as_slice());
         assert_eq!(ask(&mut own), Some(2), "from the thread's own copy");
@@ -1161,15 +1161,94 @@ mod tests {
     /// A thread keeps at most `max_cached_answers` copies: past that it starts over.
     #[test]
     fn a_thread_keeps_at_most_the_answer_cache_size() {
-        let mut own = ThreadAnswers::default();
+        let mut own = ThreadCopies::default();
         let entry = || Cached::new(answer_of(1));
         own.keep(b"a", entry(), 2);
         own.keep(b"b", entry(), 2);
         own.keep(b"b", entry(), 2);
-        assert_eq!(own.len(), 2, "a key kept again replaces its copy");
+        assert_eq!(own.answers(), 2, "a key kept again replaces its copy");
         own.keep(b"c", entry(), 2);
-        assert_eq!(own.len(), 1, "full: started over with the new one");
-        assert!(own.map.contains_key(b"c".as_slice()));
+        assert_eq!(own.answers(), 1, "full: started over with the new one");
+        assert!(own.answers.get(b"c").is_some());
+    }
+
+    /// Stores in `f`'s cache an upstream's reply to `query`: one A record, 192.0.2.`last`.
+    fn store_forwarded(engine: &Engine, f: &Forwarder, query: &[u8], last: u8) {
+        let q = wire::parse_query(query).unwrap();
+        let mut reply = query.to_vec();
+        reply[2..8].copy_from_slice(&[0x81, 0x80, 0, 1, 0, 1]);
+        reply.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 192, 0, 2, last]);
+        let clamps = forward::reply::Clamps { min_ttl: 0, max_ttl: 3_600, max_negative_ttl: 60 };
+        let id = u16::from_be_bytes([query[0], query[1]]);
+        let template = forward::reply::accept(&reply, id, q.question, clamps).unwrap();
+        let zones_generation = engine.cache().zones_generation.load(Ordering::Acquire);
+        let now = forward::mono_ms();
+        let entry = forward::cache::Entry::new(template, None, now, 60, 0, zones_generation, Deps::new());
+        let mut key = [0u8; KEY_ROOM];
+        let n = forward::key_into(&q, &mut key);
+        f.cache().insert(&key[..n], entry, now);
+    }
+
+    /// A UDP thread answers a forwarded name from its own copy of the forward cache's entry
+    /// while that entry is still the cache's: not once it is replaced, swept, routed anew, or of
+    /// a forwarder a reload has since replaced.
+    #[test]
+    fn a_thread_answers_forwarded_names_from_its_own_copies_while_they_are_the_caches() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = loopback_engine(dir.path());
+        let forwarder = || {
+            let settings = crate::config::Config::default().forward_settings();
+            Arc::new(Forwarder::new(&["127.0.0.1:9".parse().unwrap()], &[], settings))
+        };
+        let f = forwarder();
+        engine.reconfigure(loopback_settings(), Some(f.clone()));
+        let query = [0, 9, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'w', b'w', 2, b'u', b'p', 0, 0, 1, 0, 1];
+        let mut own = ThreadCopies::default();
+        let (received, mut counts, client) =
+            (Received::now(), metrics::get().direct(), [127, 0, 0, 1].into());
+        // The last byte of the address a query is answered with through `own`, if it is
+        // answered from a cache.
+        let mut ask = |own: &mut ThreadCopies| {
+            let batch = [&query[..], &query];
+            let prepared = engine.prepare(Some(&mut *own), batch.iter().copied(), true);
+            let mut out = Vec::new();
+            let fast = engine.answer_prepared(
+                Some(own),
+                &prepared,
+                0,
+                Transport::Udp,
+                client,
+                &mut out,
+                received,
+                &mut counts,
+            );
+            matches!(fast, Fast::Answered).then(|| out[out.len() - 1])
+        };
+        store_forwarded(&engine, &f, &query, 1);
+        assert_eq!(ask(&mut own), Some(1));
+        assert_eq!((own.forwarded(), own.answers()), (1, 0), "copied on the first hit");
+        assert_eq!(ask(&mut own), Some(1));
+        // Replaced in the cache (a refresh): the copy is not the cache's any more.
+        store_forwarded(&engine, &f, &query, 2);
+        assert_eq!(ask(&mut own), Some(2), "the cache's new reply");
+        // Swept from the cache: nothing answers from a cache, and the copy is dropped.
+        f.cache().sweep(u64::MAX);
+        assert_eq!(ask(&mut own), None);
+        assert_eq!(own.forwarded(), 0);
+        // The zones changed since it was stored: the name must be routed anew.
+        store_forwarded(&engine, &f, &query, 3);
+        assert_eq!(ask(&mut own), Some(3));
+        engine.cache().zones_generation.fetch_add(1, Ordering::AcqRel);
+        assert_eq!(ask(&mut own), None);
+        assert_eq!(own.forwarded(), 0, "a copy that gives no answer is dropped");
+        // Forwarding switched off and on by a reload: a new forwarder, with a cache of its own.
+        store_forwarded(&engine, &f, &query, 4);
+        assert_eq!(ask(&mut own), Some(4));
+        let g = forwarder();
+        store_forwarded(&engine, &g, &query, 5);
+        engine.reconfigure(loopback_settings(), Some(g));
+        assert_eq!(ask(&mut own), Some(5), "not a copy of the old cache's entry");
+        assert_eq!(own.forwarded(), 1);
     }
 
     /// `answer_prepared` for query `i` of `prepared` from a loopback client, from the shared

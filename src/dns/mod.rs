@@ -3,6 +3,7 @@
 //! (`ratelimit`), and CPU cache prefetches for the hot path (`prefetch`).
 
 pub mod answer;
+pub(crate) mod copies;
 pub mod engine;
 #[cfg(target_os = "linux")]
 pub mod mmsg;

@@ -54,7 +54,7 @@ pub fn slot<V>(map: &DashMap<Key, V, KeyHasher>, key: &[u8]) {
     load_slot(slot_lines(map, key));
 }
 
-/// `slot` for a map of one thread's own (`engine::ThreadAnswers`).
+/// `slot` for a map of one thread's own (`engine::ThreadCopies`).
 pub fn own_slot<V>(map: &hashbrown::HashMap<Key, V, KeyHasher>, key: &[u8]) {
     load_slot(table_lines(map.raw_table(), map.hasher().hash_one(key) as usize));
 }

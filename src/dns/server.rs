@@ -518,7 +518,7 @@ fn serve_udp_thread(
         received: RecvBatch::default(),
         replies: super::mmsg::SendBatch::default(),
         tally: metrics::Tally::new(),
-        own: super::engine::ThreadAnswers::default(),
+        own: super::engine::ThreadCopies::default(),
         engine: &engine,
         limiter: &limiter,
         inflight: &inflight,
@@ -586,8 +586,8 @@ struct UdpBatch<'a> {
     received: super::mmsg::RecvBatch,
     replies: super::mmsg::SendBatch,
     tally: metrics::Tally,
-    /// This thread's copies of the answer map's entries.
-    own: super::engine::ThreadAnswers,
+    /// This thread's copies of the answer map's and the forward cache's entries.
+    own: super::engine::ThreadCopies,
     engine: &'a Arc<Engine>,
     limiter: &'a SharedLimiter,
     inflight: &'a Arc<InFlight>,

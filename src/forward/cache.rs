@@ -6,6 +6,9 @@
 //! a bound, the hand walks the ring of keys in insertion order, giving referenced entries a second
 //! round and evicting the first unreferenced one (or any one past its stale window). Lookups
 //! never take a lock; inserts take the ring's.
+//!
+//! A UDP thread reads through its own copies of the entries (`ThreadEntries`), which share
+//! the entries themselves (`Arc`): a hit through a copy marks the same reference bit.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -15,7 +18,12 @@ use dashmap::DashMap;
 
 use super::reply::Template;
 use crate::dns::answer::{Deps, deps_hold};
+use crate::dns::copies::Copies;
 use crate::dns::prefetch::{self, Key, KeyHasher};
+
+/// Numbers the caches, so that a thread's copies are known to be of the cache it reads: a
+/// reload that switches forwarding off and on again makes a new one.
+static NEXT_CACHE: AtomicU64 = AtomicU64::new(1);
 
 /// One cached reply.
 #[derive(Debug)]
@@ -41,6 +49,8 @@ pub struct Entry {
     pub asked_again: AtomicBool,
     pub prefetching: AtomicBool,
     referenced: AtomicBool,
+    /// No longer the map's (replaced, evicted or swept): threads' copies of it stop answering.
+    dropped: AtomicBool,
     id: u64,
 }
 
@@ -67,6 +77,7 @@ impl Entry {
             asked_again: AtomicBool::new(false),
             prefetching: AtomicBool::new(false),
             referenced: AtomicBool::new(false),
+            dropped: AtomicBool::new(false),
             id: 0,
         }
     }
@@ -100,7 +111,8 @@ impl Entry {
 
 /// An entry in the map, with where its template lies on the heap: prefetch hints, kept here so
 /// that `ForwardCache::prefetch_entry` needs no read of the entry itself (a miss).
-struct Slot {
+#[derive(Clone)]
+pub struct Slot {
     entry: Arc<Entry>,
     template_at: [(usize, usize); 2],
 }
@@ -109,9 +121,75 @@ impl Slot {
     fn new(entry: Arc<Entry>) -> Slot {
         Slot { template_at: entry.template.heap_parts(), entry }
     }
+
+    /// Starts loading what a hit on it reads: the entry and its template.
+    fn prefetch(&self) {
+        prefetch::lines(Arc::as_ptr(&self.entry) as usize, std::mem::size_of::<Entry>());
+        for (at, len) in self.template_at {
+            prefetch::lines(at, len);
+        }
+    }
+
+    /// Marks its entry asked for, for the eviction's second chance. A write only the first
+    /// time after the hand cleared it, so hits leave the line shared between cores.
+    fn reference(&self) {
+        if !self.entry.referenced.load(Ordering::Relaxed) {
+            self.entry.referenced.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A UDP thread's own copies of the forward cache's entries (`crate::dns::copies`). A copy
+/// answers while its entry is still the map's (`Entry::dropped`), as the map would; then it is
+/// looked for in the map again. Within the cache's own bounds in entries and bytes: past either,
+/// the thread starts over.
+#[derive(Default)]
+pub struct ThreadEntries {
+    /// The cache they are copies of (`ForwardCache::number`).
+    cache: u64,
+    copies: Copies<Slot>,
+    bytes: usize,
+}
+
+impl ThreadEntries {
+    /// The copy for `key`, if it is still the map's.
+    fn current(&self, key: &[u8]) -> Option<&Slot> {
+        self.copies.get(key).filter(|s| !s.entry.dropped.load(Ordering::Relaxed))
+    }
+
+    /// Keeps `slot` as the copy for `key`, within the cache's bounds.
+    fn keep(&mut self, key: &[u8], slot: Slot, max_entries: usize, max_bytes: usize) {
+        let size = slot.entry.size(key);
+        let replaced = self.copies.get(key).map(|s| s.entry.size(key));
+        self.bytes -= replaced.unwrap_or(0);
+        if (replaced.is_none() && self.copies.len() >= max_entries) || self.bytes + size > max_bytes {
+            self.copies.start_over();
+            self.bytes = 0;
+        }
+        self.copies.keep(key, slot, usize::MAX);
+        self.bytes += size;
+    }
+
+    /// Drops the copy for `key`: it no longer answers.
+    pub fn forget(&mut self, key: &[u8]) {
+        if let Some(size) = self.copies.get(key).map(|s| s.entry.size(key)) {
+            self.bytes -= size;
+            self.copies.remove(key);
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.copies.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.copies.is_empty()
+    }
 }
 
 pub struct ForwardCache {
+    /// This cache among those the process has made (`ThreadEntries::cache`).
+    number: u64,
     map: DashMap<Key, Slot, KeyHasher>,
     /// Keys in insertion order, with the id of the entry they were inserted with: a key whose
     /// entry has since been replaced is a tombstone, dropped when the hand reaches it.
@@ -126,6 +204,7 @@ pub struct ForwardCache {
 impl ForwardCache {
     pub fn new(max_entries: usize, max_bytes: usize) -> ForwardCache {
         ForwardCache {
+            number: NEXT_CACHE.fetch_add(1, Ordering::Relaxed),
             map: DashMap::with_hasher(KeyHasher::default()),
             ring: Mutex::new(VecDeque::new()),
             bytes: AtomicUsize::new(0),
@@ -150,11 +229,42 @@ impl ForwardCache {
     /// (two atomic read-modify-writes on the hot path).
     pub fn with<R>(&self, key: &[u8], f: impl FnOnce(&Arc<Entry>) -> R) -> Option<R> {
         let slot = self.map.get(key)?;
-        let e = &slot.entry;
-        if !e.referenced.load(Ordering::Relaxed) {
-            e.referenced.store(true, Ordering::Relaxed);
+        slot.reference();
+        Some(f(&slot.entry))
+    }
+
+    /// `with`, through a thread's copies: from its copy of the entry while that is the map's,
+    /// else from the map (then copied).
+    pub fn with_own<R>(
+        &self,
+        own: &mut ThreadEntries,
+        key: &[u8],
+        f: impl FnOnce(&Arc<Entry>) -> R,
+    ) -> Option<R> {
+        let slot = self.own(own, key)?;
+        slot.reference();
+        Some(f(&slot.entry))
+    }
+
+    /// The thread's copy of `key`'s entry: the one it has while that is the map's, else the
+    /// map's (copied, or the copy dropped when the map has none).
+    fn own<'o>(&self, own: &'o mut ThreadEntries, key: &[u8]) -> Option<&'o Slot> {
+        if own.cache != self.number {
+            own.copies.start_over();
+            *own = ThreadEntries { cache: self.number, ..ThreadEntries::default() };
         }
-        Some(f(e))
+        if own.current(key).is_none() {
+            match self.map.get(key).map(|s| s.clone()) {
+                Some(slot) => own.keep(
+                    key,
+                    slot,
+                    self.max_entries.load(Ordering::Relaxed),
+                    self.max_bytes.load(Ordering::Relaxed),
+                ),
+                None => own.forget(key),
+            }
+        }
+        own.copies.get(key)
     }
 
     /// Starts loading the lines of the map where a lookup of `key` begins (`prefetch::slot`).
@@ -162,15 +272,32 @@ impl ForwardCache {
         prefetch::slot(&self.map, key);
     }
 
+    /// Starts loading the lines of `own` where a lookup of `key` begins.
+    pub fn prefetch_own_slot(&self, own: &ThreadEntries, key: &[u8]) {
+        own.copies.prefetch_slot(key);
+    }
+
     /// Starts loading what a hit on `key` reads: the entry and its template. The lookup reads
     /// the map's slot: call `prefetch_slot` for the key a while before. Returns whether the key
     /// is there.
     pub fn prefetch_entry(&self, key: &[u8]) -> bool {
         let Some(slot) = self.map.get(key) else { return false };
-        prefetch::lines(Arc::as_ptr(&slot.entry) as usize, std::mem::size_of::<Entry>());
-        for (at, len) in slot.template_at {
-            prefetch::lines(at, len);
-        }
+        slot.prefetch();
+        true
+    }
+
+    /// `prefetch_entry` from the thread's copy only (none is made): whether it has one that is
+    /// still the map's. Call `prefetch_own_slot` for the key a while before.
+    pub fn prefetch_own_entry(&self, own: &ThreadEntries, key: &[u8]) -> bool {
+        let Some(slot) = own.current(key).filter(|_| own.cache == self.number) else { return false };
+        slot.prefetch();
+        true
+    }
+
+    /// `prefetch_entry` through the thread's copies (copied from the map when it has none).
+    pub fn prefetch_copied_entry(&self, own: &mut ThreadEntries, key: &[u8]) -> bool {
+        let Some(slot) = self.own(own, key) else { return false };
+        slot.prefetch();
         true
     }
 
@@ -192,6 +319,7 @@ impl ForwardCache {
         let entry = Arc::new(entry);
         let Ok(mut ring) = self.ring.lock() else { return entry };
         if let Some(old) = self.map.insert(key.into(), Slot::new(entry.clone())) {
+            old.entry.dropped.store(true, Ordering::Relaxed);
             self.bytes.fetch_sub(old.entry.size(key), Ordering::Relaxed);
         }
         self.bytes.fetch_add(size, Ordering::Relaxed);
@@ -220,6 +348,7 @@ impl ForwardCache {
                 continue;
             }
             if self.map.remove_if(k.as_slice(), |_, s| s.entry.id == id).is_some() {
+                current.dropped.store(true, Ordering::Relaxed);
                 self.bytes.fetch_sub(current.size(&k), Ordering::Relaxed);
                 self.evictions.fetch_add(1, Ordering::Relaxed);
             }
@@ -238,6 +367,7 @@ impl ForwardCache {
         self.map.retain(|k, s| {
             let keep = s.entry.may_serve_stale(now_ms);
             if !keep {
+                s.entry.dropped.store(true, Ordering::Relaxed);
                 freed += s.entry.size(k);
             }
             keep
@@ -286,6 +416,60 @@ mod tests {
         c.insert(b"a", entry(0, 60), 0);
         assert!(c.prefetch_entry(b"a"));
         assert!(!c.prefetch_entry(b"b"));
+    }
+
+    /// A thread's copies stay within the cache's bounds, in entries and in bytes, and count
+    /// each copy's bytes once however often it is replaced.
+    #[test]
+    fn a_threads_copies_stay_within_the_caches_bounds() {
+        let one = entry(0, 60).size(b"k0");
+        for (max_entries, max_bytes) in [(4, usize::MAX), (100, one * 3)] {
+            let c = ForwardCache::new(max_entries, max_bytes);
+            let mut own = ThreadEntries::default();
+            for i in 0..20 {
+                let k = format!("k{}", i % 10);
+                c.insert(k.as_bytes(), entry(0, 60), 0);
+                assert!(c.with_own(&mut own, k.as_bytes(), |_| ()).is_some(), "{k}");
+                assert!(
+                    own.len() <= max_entries && own.bytes <= max_bytes,
+                    "{} copies, {} bytes",
+                    own.len(),
+                    own.bytes
+                );
+                assert!(!own.is_empty());
+            }
+        }
+        let c = ForwardCache::new(10, usize::MAX);
+        let mut own = ThreadEntries::default();
+        for _ in 0..5 {
+            c.insert(b"k0", entry(0, 60), 0);
+            assert!(c.with_own(&mut own, b"k0", |_| ()).is_some());
+        }
+        assert_eq!((own.len(), own.bytes), (1, one));
+        own.forget(b"k0");
+        assert_eq!((own.len(), own.bytes), (0, 0));
+    }
+
+    /// A hit through a thread's copy marks the entry the cache evicts by: it keeps its second
+    /// chance.
+    #[test]
+    fn a_hit_through_a_copy_gives_the_entry_its_second_chance() {
+        let c = ForwardCache::new(3, usize::MAX);
+        let mut own = ThreadEntries::default();
+        for k in [b"a", b"b", b"c"] {
+            c.insert(k, entry(0, 60), 0);
+        }
+        assert!(c.with_own(&mut own, b"a", |_| ()).is_some());
+        c.insert(b"d", entry(0, 60), 0);
+        // (`prefetch_entry` tells whether a key is there without marking it.)
+        assert!(c.prefetch_entry(b"a") && !c.prefetch_entry(b"b"));
+        // Evicted entries' copies stop answering.
+        for k in [b"e", b"f", b"g", b"h"] {
+            c.insert(k, entry(0, 60), 0);
+        }
+        assert!(!c.prefetch_entry(b"a"));
+        assert!(c.with_own(&mut own, b"a", |_| ()).is_none());
+        assert!(own.is_empty());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use arc_swap::ArcSwap;
 use dashmap::DashMap;
 use tokio::sync::{Notify, watch};
 
-use self::cache::{Entry, ForwardCache};
+use self::cache::{Entry, ForwardCache, ThreadEntries};
 use self::reply::{Kind, Ttls};
 use self::upstream::{Failure, UpstreamSettings, Upstreams};
 use crate::dns::answer::Deps;
@@ -236,8 +236,13 @@ impl Forwarder {
     /// The hot path: writes a cached reply into `out` if there is one to give. `zones_generation`
     /// is the zone table's current generation: an entry routed under another must be routed again.
     /// `now` is `mono_ms` when the query was read.
+    ///
+    /// With `own` (a UDP thread's copies), through those: a copy that gives no answer (its name
+    /// must be routed anew, or it expired) is dropped, so the next query looks in the maps again.
+    #[allow(clippy::too_many_arguments)]
     pub fn cached(
         self: &Arc<Self>,
+        own: Option<&mut ThreadEntries>,
         q: &Query,
         key: &[u8],
         zones_generation: u64,
@@ -245,23 +250,27 @@ impl Forwarder {
         now: u64,
         out: &mut Vec<u8>,
     ) -> Option<Served> {
-        self.cache
-            .with(key, |e| {
-                if e.zones_generation.load(Ordering::Relaxed) != zones_generation || !e.deps_hold() {
-                    return None;
-                }
-                if e.is_fresh(now) {
-                    self.write(e, q, limit, now, false, out);
-                    self.maybe_prefetch(e, key, now);
-                    Some(Served::fresh(e, now, metrics::Lookup::Hit))
-                } else if now < e.serving_stale_until_ms.load(Ordering::Relaxed) {
-                    self.write(e, q, limit, now, true, out);
-                    Some(Served::stale(e, now, "upstream_failed"))
-                } else {
-                    None
-                }
-            })
-            .flatten()
+        let serve = |e: &Arc<Entry>| {
+            if e.zones_generation.load(Ordering::Relaxed) != zones_generation || !e.deps_hold() {
+                return None;
+            }
+            if e.is_fresh(now) {
+                self.write(e, q, limit, now, false, out);
+                self.maybe_prefetch(e, key, now);
+                Some(Served::fresh(e, now, metrics::Lookup::Hit))
+            } else if now < e.serving_stale_until_ms.load(Ordering::Relaxed) {
+                self.write(e, q, limit, now, true, out);
+                Some(Served::stale(e, now, "upstream_failed"))
+            } else {
+                None
+            }
+        };
+        let Some(own) = own else { return self.cache.with(key, serve).flatten() };
+        let served = self.cache.with_own(own, key, serve)?;
+        if served.is_none() {
+            own.forget(key);
+        }
+        served
     }
 
     /// Unbound's prefetch: an entry asked for again in the last tenth of its TTL (at least the

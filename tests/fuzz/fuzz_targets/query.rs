@@ -14,7 +14,7 @@ use cloudmap_dns::backend::{
     Backend, BackendError, Change, Discovered, DiscoveredInstance, Health, NamespaceRef, ServiceInfo, Urgency,
 };
 use cloudmap_dns::cache::{Cache, CacheSettings, ZoneSource};
-use cloudmap_dns::dns::engine::{Engine, EngineSettings, Received, ThreadAnswers, Transport};
+use cloudmap_dns::dns::engine::{Engine, EngineSettings, Received, ThreadCopies, Transport};
 use cloudmap_dns::dns::wire;
 use cloudmap_dns::zone::{HealthMode, Zone};
 use libfuzzer_sys::fuzz_target;
@@ -118,7 +118,7 @@ fuzz_target!(|data: &[u8]| {
     let h = harness();
     // The UDP loop's way: a batch parsed, keyed and prefetched once, then answered query by
     // query, as a lone query is.
-    let mut own = ThreadAnswers::default();
+    let mut own = ThreadCopies::default();
     let batch = h.engine.prepare(Some(&mut own), [data, data].into_iter(), true);
     let mut counts = cloudmap_dns::metrics::get().direct();
     let received = Received::now();
