@@ -24,7 +24,7 @@ use cloudmap_dns::dns::answer::Deps;
 use cloudmap_dns::dns::engine::{Engine, EngineSettings, Fast, Received, ThreadCopies, Transport};
 use cloudmap_dns::dns::wire;
 use cloudmap_dns::forward::{self, Forwarder, reply};
-use cloudmap_dns::metrics::Tally;
+use cloudmap_dns::metrics::{PUBLISH_EVERY, Tally};
 use cloudmap_dns::zone::{HealthMode, Zone};
 
 /// `svc0..` in namespace `b`, three instances each; changes are pushed, so answers stay current.
@@ -139,7 +139,11 @@ fn answer_for(
             assert!(matches!(fast, Fast::Answered), "every query is a hit");
             answered += 1;
         }
-        tally.flush(received.at);
+        // As the UDP loop does with full batches (`metrics::Tally`).
+        tally.end_batch(received.at);
+        if tally.pending() >= PUBLISH_EVERY {
+            tally.publish();
+        }
     }
     (answered, started.elapsed())
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::dns::*;
 use common::upstream::{Authority, Front};
-use common::{Server, metric_in};
+use common::{Server, metric_in, until};
 
 const FAMILIES: [(&str, &str); 8] = [
     ("queries_total", "counter"),
@@ -142,6 +142,42 @@ async fn values_follow_the_traffic() {
     // orders.demo's answer; new.demo's NXDOMAIN, asked once, is not stored.
     assert!(total("cloudmap_dns_cache_entries", &[("cache", "namespace")]) >= 1.0);
     assert_eq!(total("cloudmap_dns_cache_entries", &[("cache", "forward")]), 1.0);
+}
+
+/// A UDP thread keeps the counts of full batches (its queue not yet dry) to add to the shared
+/// metrics a few batches at a time; when the queries then stop, they reach the metrics within
+/// the thread's wake-up (100 ms), not at the next query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_of_full_batches_reach_the_metrics_when_the_queries_stop() {
+    let server = Server::start(&["--demo"]);
+    for _ in 0..2 {
+        ask(server.dns, "orders.demo", SRV).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let series = [("source", "namespace"), ("qtype", "SRV"), ("rcode", "NOERROR")];
+    let before = server.metric("cloudmap_dns_queries_total", &series);
+    // Stopped, the server leaves 64 queries in its socket's queue; resumed, its UDP thread
+    // reads them as two full batches (32 each) and then waits.
+    let pid = server.child.id() as i32;
+    // SAFETY: signals to the child process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut ask = query("orders.demo", SRV);
+    for id in 0..64u16 {
+        ask[..2].copy_from_slice(&id.to_be_bytes());
+        client.send_to(&ask, server.dns).unwrap();
+    }
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let mut buf = [0u8; 4096];
+    for _ in 0..64 {
+        client.recv_from(&mut buf).expect("every query answered");
+    }
+    let waited = until(Duration::from_secs(2), || {
+        server.metric("cloudmap_dns_queries_total", &series) == before + 64.0
+    })
+    .await;
+    assert!(waited < Duration::from_secs(1), "counted after {waited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -979,9 +979,10 @@ mod tests {
     }
 
     /// On the UDP loop a batch's queries are counted in its `Tally`, and reach the shared metrics
-    /// when it is flushed, each with the time from the batch's read to the flush as its latency.
+    /// when it is published, each with the time from the batch's read to the batch's end as its
+    /// latency.
     #[test]
-    fn a_batch_is_counted_when_its_tally_is_flushed() {
+    fn a_batch_is_counted_when_its_tally_is_published() {
         let dir = tempfile::tempdir().unwrap();
         let engine = loopback_engine(dir.path());
         // HTTPS (type 65), which no other test asks, from outside the ACL: REFUSED.
@@ -992,16 +993,23 @@ mod tests {
         for _ in 0..2 {
             refused_from_outside(&engine, &query, received, &mut tally);
         }
+        tally.end_batch(received.at);
+        assert_eq!(tally.pending(), 1);
         assert_eq!(
             queries_counted("refused", "HTTPS", "REFUSED"),
             before,
-            "nothing counted before the flush"
+            "nothing counted before it is published"
         );
-        tally.flush(received.at);
+        tally.publish();
+        assert_eq!(tally.pending(), 0);
         assert_eq!(queries_counted("refused", "HTTPS", "REFUSED"), before + 2);
         assert!(duration_sum("refused") - sum_before >= 0.6, "each counted from the batch's read");
         tally.flush(received.at);
-        assert_eq!(queries_counted("refused", "HTTPS", "REFUSED"), before + 2, "a flush empties the tally");
+        assert_eq!(
+            queries_counted("refused", "HTTPS", "REFUSED"),
+            before + 2,
+            "publishing empties the tally"
+        );
     }
 
     /// The prefetch steps make each key as a lookup does: a name in the answer map is looked for

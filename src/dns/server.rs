@@ -556,6 +556,7 @@ fn serve_udp_thread(
                 Err(e) => {
                     unexpected(&e);
                     note(false);
+                    batch.tally.publish();
                 }
             }
             continue;
@@ -574,10 +575,12 @@ fn serve_udp_thread(
         }
         note(full);
         if !any {
+            batch.tally.publish();
             let _ = poll(&mut idle, PollTimeout::from(wake.as_millis() as u16));
         }
     }
     note(false);
+    batch.tally.publish();
 }
 
 /// One UDP thread's buffers and counts, and what answering a batch needs.
@@ -634,7 +637,12 @@ impl UdpBatch<'_> {
             }
         }
         drop(limit);
-        tally.flush(received_at.at);
+        tally.end_batch(received_at.at);
+        // A batch short of full emptied the queue: the thread may wait next, so its counts go
+        // to the shared metrics now (`metrics::Tally`). Full ones wait for a few more.
+        if n < super::mmsg::BATCH || tally.pending() >= metrics::PUBLISH_EVERY {
+            tally.publish();
+        }
         replies.flush_blocking(fd);
     }
 }
