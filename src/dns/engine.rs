@@ -1131,24 +1131,9 @@ mod tests {
         };
         engine.answers.insert(key.clone(), answer(2));
         let mut own = ThreadCopies::default();
-        let (received, mut counts, client) =
-            (Received::now(), metrics::get().direct(), [127, 0, 0, 1].into());
         // The records a query is answered with through `own`, if it is answered from a cache.
-        let mut ask = |own: &mut ThreadCopies| {
-            let batch = [&query[..], &query];
-            let prepared = engine.prepare(Some(&mut *own), batch.iter().copied(), true);
-            let mut out = Vec::new();
-            let fast = engine.answer_prepared(
-                Some(own),
-                &prepared,
-                0,
-                Transport::Udp,
-                client,
-                &mut out,
-                received,
-                &mut counts,
-            );
-            matches!(fast, Fast::Answered).then(|| u16::from_be_bytes([out[6], out[7]]))
+        let ask = |own: &mut ThreadCopies| {
+            answer_through(&engine, own, &query).map(|out| u16::from_be_bytes([out[6], out[7]]))
         };
         assert_eq!(ask(&mut own), Some(2));
         assert_eq!(own.answers(), 1, "copied on the first hit");
@@ -1212,26 +1197,9 @@ mod tests {
         engine.reconfigure(loopback_settings(), Some(f.clone()));
         let query = [0, 9, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 3, b'w', b'w', b'w', 2, b'u', b'p', 0, 0, 1, 0, 1];
         let mut own = ThreadCopies::default();
-        let (received, mut counts, client) =
-            (Received::now(), metrics::get().direct(), [127, 0, 0, 1].into());
         // The last byte of the address a query is answered with through `own`, if it is
         // answered from a cache.
-        let mut ask = |own: &mut ThreadCopies| {
-            let batch = [&query[..], &query];
-            let prepared = engine.prepare(Some(&mut *own), batch.iter().copied(), true);
-            let mut out = Vec::new();
-            let fast = engine.answer_prepared(
-                Some(own),
-                &prepared,
-                0,
-                Transport::Udp,
-                client,
-                &mut out,
-                received,
-                &mut counts,
-            );
-            matches!(fast, Fast::Answered).then(|| out[out.len() - 1])
-        };
+        let ask = |own: &mut ThreadCopies| answer_through(&engine, own, &query).map(|out| out[out.len() - 1]);
         store_forwarded(&engine, &f, &query, 1);
         assert_eq!(ask(&mut own), Some(1));
         assert_eq!((own.forwarded(), own.answers()), (1, 0), "copied on the first hit");
@@ -1257,6 +1225,26 @@ mod tests {
         engine.reconfigure(loopback_settings(), Some(g));
         assert_eq!(ask(&mut own), Some(5), "not a copy of the old cache's entry");
         assert_eq!(own.forwarded(), 1);
+    }
+
+    /// The response to `query`, the first of a batch of two, answered through a UDP thread's
+    /// copies `own` for a loopback client, if it is answered from a cache.
+    fn answer_through(engine: &Engine, own: &mut ThreadCopies, query: &[u8]) -> Option<Vec<u8>> {
+        let batch = [query, query];
+        let prepared = engine.prepare(Some(&mut *own), batch.iter().copied(), true);
+        let (mut out, mut counts) = (Vec::new(), metrics::get().direct());
+        let client = [127, 0, 0, 1].into();
+        let fast = engine.answer_prepared(
+            Some(own),
+            &prepared,
+            0,
+            Transport::Udp,
+            client,
+            &mut out,
+            Received::now(),
+            &mut counts,
+        );
+        matches!(fast, Fast::Answered).then_some(out)
     }
 
     /// `answer_prepared` for query `i` of `prepared` from a loopback client, from the shared
