@@ -286,10 +286,12 @@ impl ForwardCache {
         true
     }
 
-    /// `prefetch_entry` from the thread's copy only (none is made): whether it has one that is
-    /// still the map's. Call `prefetch_own_slot` for the key a while before.
+    /// `prefetch_entry` from the thread's copy only (none is made): whether it has one. Whether
+    /// the copy is still the map's is checked when it answers (`with_own`): checked here, it
+    /// would read the entry's line before its prefetch could load it. Call `prefetch_own_slot`
+    /// for the key a while before.
     pub fn prefetch_own_entry(&self, own: &ThreadEntries, key: &[u8]) -> bool {
-        let Some(slot) = own.current(key).filter(|_| own.cache == self.number) else { return false };
+        let Some(slot) = own.copies.get(key).filter(|_| own.cache == self.number) else { return false };
         slot.prefetch();
         true
     }
