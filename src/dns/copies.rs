@@ -10,6 +10,10 @@
 
 use super::prefetch::{self, Key, KeyHasher};
 
+/// Copies `Copies::start_over` drops on the calling thread at most: tens of microseconds on
+/// cold lines, about what starting a thread costs.
+const DROP_HERE: usize = 256;
+
 pub struct Copies<V> {
     map: hashbrown::HashMap<Key, V, KeyHasher>,
 }
@@ -38,10 +42,15 @@ impl<V: Send + 'static> Copies<V> {
         self.map.insert(Key::from_slice(key), value);
     }
 
-    /// Drops every copy, on a thread of its own: dropping 100,000 (an `Arc` or two each, most
-    /// on cold lines) would hold up the UDP loop for milliseconds.
+    /// Drops every copy. Many go on a thread of their own: dropping 100,000 (an `Arc` or two
+    /// each, most on cold lines) would hold up the UDP loop for milliseconds. A few are dropped
+    /// here, as starting a thread costs more than they do (the forward copies start over
+    /// empty, once per thread and forwarder).
     pub fn start_over(&mut self) {
         let old = std::mem::take(&mut self.map);
+        if old.len() <= DROP_HERE {
+            return;
+        }
         // Should no thread start, `old` is dropped here instead: a stall, nothing lost.
         let _ = std::thread::Builder::new().name("cloudmap-dns-drop".into()).spawn(move || drop(old));
     }
@@ -78,5 +87,29 @@ mod tests {
         assert_eq!((c.len(), c.get(&9u32.to_be_bytes())), (full, Some(&90)));
         c.remove(&9u32.to_be_bytes());
         assert_eq!(c.get(&9u32.to_be_bytes()), None);
+    }
+
+    #[test]
+    fn a_few_copies_are_dropped_at_once_and_many_on_a_thread_of_their_own() {
+        let value = std::sync::Arc::new(());
+        let mut few = Copies::default();
+        for i in 0..DROP_HERE as u32 {
+            few.keep(&i.to_be_bytes(), value.clone(), usize::MAX);
+        }
+        few.start_over();
+        assert!(few.is_empty());
+        assert_eq!(std::sync::Arc::strong_count(&value), 1, "dropped before start_over returns");
+
+        let mut many = Copies::default();
+        for i in 0..=DROP_HERE as u32 {
+            many.keep(&i.to_be_bytes(), value.clone(), usize::MAX);
+        }
+        many.start_over();
+        assert!(many.is_empty());
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::sync::Arc::strong_count(&value) > 1 {
+            assert!(std::time::Instant::now() < deadline, "the dropping thread never dropped them");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 }
