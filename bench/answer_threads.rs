@@ -6,7 +6,8 @@
 //! hit: zone names (`svcN.b`, the answer map) and forwarded names (`hostN.up.test`, the forward
 //! cache, as an upstream's reply of one A record).
 //!
-//! Run: cargo bench --bench answer_threads   (ANSWER_THREADS_NAMES, _SECONDS, _ROUNDS to change)
+//! Run: cargo bench --bench answer_threads   (ANSWER_THREADS_NAMES, _RECORDS, _SECONDS, _ROUNDS
+//! to change; with 10 records, 8 of them are picked per answer, as at *Scale* in bench/README.md)
 //!
 //! With sockets, the kernel's send and receive are ~90% of a query (bench/README.md, *Profile*)
 //! and their noise hides differences of this size; this measures the user-space part alone.
@@ -27,9 +28,10 @@ use cloudmap_dns::forward::{self, Forwarder, reply};
 use cloudmap_dns::metrics::{PUBLISH_EVERY, Tally};
 use cloudmap_dns::zone::{HealthMode, Zone};
 
-/// `svc0..` in namespace `b`, three instances each; changes are pushed, so answers stay current.
+/// `svc0..` in namespace `b`, `instances` each; changes are pushed, so answers stay current.
 struct Services {
     count: usize,
+    instances: usize,
     changes: tokio::sync::broadcast::Sender<Change>,
 }
 
@@ -54,7 +56,7 @@ impl Backend for Services {
             .strip_prefix("svc")
             .and_then(|n| n.parse().ok())
             .ok_or(BackendError::NotFound(service.into()))?;
-        let instances = (0..3)
+        let instances = (0..self.instances)
             .map(|k| {
                 let ip = format!("10.{}.{}.{k}", i / 256 % 256, i % 256);
                 DiscoveredInstance {
@@ -150,6 +152,7 @@ fn answer_for(
 
 fn main() {
     let names: usize = env_or("ANSWER_THREADS_NAMES", 1_000);
+    let records: usize = env_or("ANSWER_THREADS_RECORDS", 3);
     let seconds: f64 = env_or("ANSWER_THREADS_SECONDS", 2.0);
     let rounds: usize = env_or("ANSWER_THREADS_ROUNDS", 5);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -157,7 +160,11 @@ fn main() {
         .enable_all()
         .build()
         .expect("a runtime");
-    let backend = Arc::new(Services { count: names, changes: tokio::sync::broadcast::channel(1).0 });
+    let backend = Arc::new(Services {
+        count: names,
+        instances: records,
+        changes: tokio::sync::broadcast::channel(1).0,
+    });
     let zone = Zone {
         name: "b".into(),
         wire: wire::encode_name("b").expect("a name"),
@@ -213,7 +220,7 @@ fn main() {
     });
     let workloads = [("zone", Arc::new(zone_names)), ("forwarded", Arc::new(forwarded))];
     println!(
-        "## answer path per hit, {names} names (zone: x 3 records), batches of 32, {seconds} s per reading, {rounds} rounds"
+        "## answer path per hit, {names} names (zone: x {records} records), batches of 32, {seconds} s per reading, {rounds} rounds"
     );
     println!("| round | hits | reads | threads | ns per query on each thread | queries/s in all |");
     println!("|---|---|---|---:|---|---:|");

@@ -686,7 +686,10 @@ impl Engine {
     fn refused(&self) -> Answer {
         let mut a = Answer::new(RCODE_REFUSED);
         a.authoritative = false;
-        a.ede = Some((EDE_PROHIBITED, Cow::Borrowed("not a namespace zone, and no upstream is configured")));
+        a.ede = Some(Box::new((
+            EDE_PROHIBITED,
+            Cow::Borrowed("not a namespace zone, and no upstream is configured"),
+        )));
         a
     }
 
@@ -695,17 +698,20 @@ impl Engine {
         let mut a = Answer::new(RCODE_REFUSED);
         a.authoritative = false;
         a.cacheable = false;
-        a.ede = Some((EDE_PROHIBITED, Cow::Borrowed("this client may not query this server for this name")));
+        a.ede = Some(Box::new((
+            EDE_PROHIBITED,
+            Cow::Borrowed("this client may not query this server for this name"),
+        )));
         a
     }
 
     fn outage() -> Answer {
         let mut a = Answer::new(RCODE_SERVFAIL);
         a.cacheable = false;
-        a.ede = Some((
+        a.ede = Some(Box::new((
             EDE_NO_REACHABLE_AUTHORITY,
             Cow::Borrowed("Cloud Map is unreachable and nothing is cached"),
-        ));
+        )));
         a
     }
 

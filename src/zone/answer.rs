@@ -484,10 +484,10 @@ pub fn service(
         }
     };
     if status.stale {
-        a.ede = Some((
+        a.ede = Some(Box::new((
             EDE_STALE_ANSWER,
             Cow::Borrowed("serving the last known good data: Cloud Map is unreachable"),
-        ));
+        )));
     }
     a
 }
