@@ -148,8 +148,8 @@ impl Answer {
             authoritative: self.authoritative,
             recursion_available: self.recursion_available,
             answer,
-            authority: &self.authority,
-            additional: &self.additional,
+            authority: &*self.authority,
+            additional: &*self.additional,
             opt: OptOut { extended_rcode: 0, ede: self.ede.as_deref().map(|(c, t)| (*c, t.as_ref())) },
         };
         wire::write_response(q, &sections, limit, out)
