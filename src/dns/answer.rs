@@ -45,7 +45,8 @@ pub enum Pick {
     /// Every record, in a fresh random order.
     Shuffle,
     /// At most this many records, a fresh random subset in random order (Route 53 multivalue).
-    Sample(usize),
+    /// A `u32`, not a `usize`: the answer it is part of stays within three cache lines.
+    Sample(u32),
 }
 
 #[derive(Debug)]
@@ -125,7 +126,8 @@ impl Answer {
             *slot = i as u16;
         }
         let take = match self.pick {
-            Pick::Sample(k) if k > 0 && k < n => {
+            Pick::Sample(k) if k > 0 && (k as usize) < n => {
+                let k = k as usize;
                 let mut rng = rand::rng();
                 // A partial Fisher-Yates: the first k slots end up a uniform random sample.
                 for i in 0..k {

@@ -305,7 +305,7 @@ fn addresses(ctx: &BuildCtx, chosen: &[&InstanceView], cap: usize) -> Answer {
         }
         a.pick = Pick::Sample(1);
     } else {
-        a.pick = if cap == 0 { Pick::Shuffle } else { Pick::Sample(cap) };
+        a.pick = if cap == 0 { Pick::Shuffle } else { Pick::Sample(u32::try_from(cap).unwrap_or(u32::MAX)) };
     }
     if a.records.is_empty() {
         return negative(ctx, RCODE_NOERROR);
