@@ -18,7 +18,9 @@
 //!   share of the core. The CPU each thread of each server took is shown too. Then the same
 //!   comparison between two embedded-backend servers, where no refresh runs: the registry
 //!   itself (100,000 + 3,000 instances, the namespaces are zones of their names) over the
-//!   10,000 names, and a registry holding only the 300 x 10 namespace.
+//!   10,000 names, and a registry holding only the 300 x 10 namespace. Two controls follow
+//!   (SCALE_CONTROLS=0 skips them): the registry at scale over the small one's 300 names, and
+//!   two small registries alike.
 //! - **freshness**: with the server at half of its saturation (open-loop load, bench/udp_load.rs),
 //!   the time from DeregisterInstance returning to the first DNS answer without the instance:
 //!   p50/p99/max, for the embedded backend (target 10 ms) and the aws backend (target
@@ -239,7 +241,7 @@ async fn scale(dir: &Path) {
     let small_server =
         aws_server(dir, "small", &proxy.url(), &backend, &[("small.scale".into(), "small".into())]);
     warm(small_server.dns, &small_names, rate_limit * 0.8);
-    compare_answer_paths("aws backend", [&big, &small_server], [&names, &small_names]);
+    compare_answer_paths("aws backend", [&big, &small_server], [&names, &small_names], ROWS);
     println!("server RSS after the load: {:.1} MiB", mib(udp_load::rss_bytes(big.child.id())));
     drop((big, small_server));
 
@@ -268,15 +270,45 @@ async fn scale(dir: &Path) {
         "embedded backend",
         [&registry, &small_registry],
         [&embedded_names, &embedded_small],
+        ROWS,
+    );
+    if !env_or("SCALE_CONTROLS", true) {
+        return;
+    }
+    // Controls, to tell what the comparison above measures. The registry at scale over the
+    // same 300 names as the small one (the same answers, so the difference is the process:
+    // its heap, its maps' sizes); then two small registries alike (the benchmark's own bias:
+    // which server of a pair goes first, its port, the drift within a run).
+    warm(registry.dns, &embedded_small, 20_000.0);
+    compare_answer_paths(
+        "embedded backend, control: the same 300 names",
+        [&registry, &small_registry],
+        [&embedded_small, &embedded_small],
+        ["103,000 instances stored, 300 names", "3,000 instances, 300 names"],
+    );
+    let twin_dir = dir.join("twin-registry");
+    std::fs::create_dir_all(&twin_dir).unwrap();
+    let twin = start_registry(&twin_dir);
+    let twin_id = loader::namespace(&twin.client(), "small").await;
+    loader::load(&twin.client(), &twin_id, loader::synthetic(SMALL_SERVICES, 3_000), &gate).await;
+    warm(twin.dns, &embedded_small, 20_000.0);
+    compare_answer_paths(
+        "embedded backend, control: two alike",
+        [&twin, &small_registry],
+        [&embedded_small, &embedded_small],
+        ["3,000 instances, 300 names (twin)", "3,000 instances, 300 names"],
     );
 }
+
+/// The rows of the comparison at scale.
+const ROWS: [&str; 2] = ["100,000 instances, 10,000 names", "3,000 instances, 300 names"];
 
 /// The answer paths of two servers (the first over the 10,000 names at scale, the second over
 /// the 300 of the comparison namespace), saturated in turns of 20 ms within each of
 /// `ANSWER_PATH_RUNS` runs, so that they share the core's interruptions and the machine's drift
 /// (back-to-back runs of seconds differed by up to 2x here); each run's two servers compare as a
 /// pair, and the median of the pairs is reported.
-fn compare_answer_paths(what: &str, servers: [&Server; 2], names: [&[String]; 2]) {
+fn compare_answer_paths(what: &str, servers: [&Server; 2], names: [&[String]; 2], rows: [&str; 2]) {
     let pinned = two_cpus();
     if pinned {
         for s in servers {
@@ -321,7 +353,7 @@ fn compare_answer_paths(what: &str, servers: [&Server; 2], names: [&[String]; 2]
         "| run | data | q/s | lost | bad | p50 ms | p99 ms | UDP thread us/query (user) | its server's threads |\n|---|---|---:|---:|---:|---:|---:|---:|---|"
     );
     for (i, run) in runs.iter().enumerate() {
-        for (data, row) in ["100,000 instances, 10,000 names", "3,000 instances, 300 names"].iter().zip(run) {
+        for (data, row) in rows.iter().zip(run) {
             let r = &row.report;
             println!(
                 "| {} | {data} | {:.0} | {} | {} | {:.3} | {:.3} | {:.2} ({:.2}) | {} |",
@@ -337,15 +369,17 @@ fn compare_answer_paths(what: &str, servers: [&Server; 2], names: [&[String]; 2]
             );
         }
     }
-    // As fast: the 100,000-instance server's figure over the 3,000-instance one's, each run's
-    // pair compared, the median of the runs.
+    // As fast: the first row's figure over the second's (at scale over 3,000 instances), each
+    // run's pair compared, the median of the runs.
     let median = |ratio: fn(&[Row; 2]) -> f64| {
         let mut r: Vec<f64> = runs.iter().map(ratio).collect();
         r.sort_by(f64::total_cmp);
         r[r.len() / 2]
     };
     println!(
-        "answer path at 100,000 instances / at 3,000, {what} (median of {ANSWER_PATH_RUNS} paired runs): {:.2} by q/s; {:.2} by the UDP thread's CPU per query; {:.2} by its user time",
+        "answer path, {} / {}, {what} (median of {ANSWER_PATH_RUNS} paired runs): {:.2} by q/s; {:.2} by the UDP thread's CPU per query; {:.2} by its user time",
+        rows[0],
+        rows[1],
         median(|[big, small]| big.report.qps() / small.report.qps()),
         median(|[big, small]| small.cost.0 / big.cost.0),
         median(|[big, small]| small.cost.1 / big.cost.1),
