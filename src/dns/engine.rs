@@ -1294,6 +1294,14 @@ mod tests {
             "the spilled ends are their own block"
         );
 
+        // Ten records of one length keep no ends (`RecordSet`): one hint.
+        let mut a = Answer::new(RCODE_NOERROR);
+        for i in 0..10u8 {
+            a.records.push([0xC0, 0x0C, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4, 10, 0, 0, i]);
+        }
+        let uniform = Cached::new(Arc::new(a));
+        assert_eq!(uniform.records_len, [15 + 10, 0]);
+
         let none = Cached::new(answer_of(0));
         assert_eq!(none.records_len, [0, 0]);
     }
