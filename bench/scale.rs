@@ -241,7 +241,7 @@ async fn scale(dir: &Path) {
     let small_server =
         aws_server(dir, "small", &proxy.url(), &backend, &[("small.scale".into(), "small".into())]);
     warm(small_server.dns, &small_names, rate_limit * 0.8);
-    compare_answer_paths("aws backend", [&big, &small_server], [&names, &small_names], ROWS);
+    compare_answer_paths("aws backend", [&big, &small_server], [&names, &small_names], SCALE_ROWS);
     println!("server RSS after the load: {:.1} MiB", mib(udp_load::rss_bytes(big.child.id())));
     drop((big, small_server));
 
@@ -270,7 +270,7 @@ async fn scale(dir: &Path) {
         "embedded backend",
         [&registry, &small_registry],
         [&embedded_names, &embedded_small],
-        ROWS,
+        SCALE_ROWS,
     );
     if !env_or("SCALE_CONTROLS", true) {
         return;
@@ -300,14 +300,14 @@ async fn scale(dir: &Path) {
     );
 }
 
-/// The rows of the comparison at scale.
-const ROWS: [&str; 2] = ["100,000 instances, 10,000 names", "3,000 instances, 300 names"];
+/// The rows of the comparison at scale (`rows` of `compare_answer_paths`).
+const SCALE_ROWS: [&str; 2] = ["100,000 instances, 10,000 names", "3,000 instances, 300 names"];
 
-/// The answer paths of two servers (the first over the 10,000 names at scale, the second over
-/// the 300 of the comparison namespace), saturated in turns of 20 ms within each of
-/// `ANSWER_PATH_RUNS` runs, so that they share the core's interruptions and the machine's drift
-/// (back-to-back runs of seconds differed by up to 2x here); each run's two servers compare as a
-/// pair, and the median of the pairs is reported.
+/// The answer paths of two servers (at scale, the first over the 10,000 names and the second over
+/// the 300 of the comparison namespace; in the controls, both over the 300), saturated in turns
+/// of 20 ms within each of `ANSWER_PATH_RUNS` runs, so that they share the core's interruptions
+/// and the machine's drift (back-to-back runs of seconds differed by up to 2x here); each run's
+/// two servers compare as a pair, and the median of the pairs is reported.
 fn compare_answer_paths(what: &str, servers: [&Server; 2], names: [&[String]; 2], rows: [&str; 2]) {
     let pinned = two_cpus();
     if pinned {
