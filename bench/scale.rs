@@ -250,11 +250,7 @@ async fn scale(dir: &Path) {
     // namespace. No refresh runs in either, so this is the data's scale alone; above, each aws
     // server's refresh also shares the core, and the big one's refetches every service it
     // re-validates (each is re-validated every 20 s within the budget, past `health_refresh_ms`).
-    let small_dir = dir.join("small-registry");
-    std::fs::create_dir_all(&small_dir).unwrap();
-    let small_registry = start_registry(&small_dir);
-    let small_id = loader::namespace(&small_registry.client(), "small").await;
-    loader::load(&small_registry.client(), &small_id, loader::synthetic(SMALL_SERVICES, 3_000), &gate).await;
+    let small_registry = start_small_registry(&dir.join("small-registry"), &gate).await;
     let embedded_names: Vec<String> =
         names.iter().map(|n| n.trim_end_matches(".scale").to_string()).collect();
     let embedded_small: Vec<String> =
@@ -286,11 +282,7 @@ async fn scale(dir: &Path) {
         [&embedded_small, &embedded_small],
         ["103,000 instances stored, 300 names", "3,000 instances, 300 names"],
     );
-    let twin_dir = dir.join("twin-registry");
-    std::fs::create_dir_all(&twin_dir).unwrap();
-    let twin = start_registry(&twin_dir);
-    let twin_id = loader::namespace(&twin.client(), "small").await;
-    loader::load(&twin.client(), &twin_id, loader::synthetic(SMALL_SERVICES, 3_000), &gate).await;
+    let twin = start_small_registry(&dir.join("twin-registry"), &gate).await;
     warm(twin.dns, &embedded_small, 20_000.0);
     compare_answer_paths(
         "embedded backend, control: two alike",
@@ -298,6 +290,15 @@ async fn scale(dir: &Path) {
         [&embedded_small, &embedded_small],
         ["3,000 instances, 300 names (twin)", "3,000 instances, 300 names"],
     );
+}
+
+/// A registry in `dir` holding only the comparison namespace (`small`, 300 x 10).
+async fn start_small_registry(dir: &Path, gate: &Arc<Semaphore>) -> Server {
+    std::fs::create_dir_all(dir).unwrap();
+    let registry = start_registry(dir);
+    let id = loader::namespace(&registry.client(), "small").await;
+    loader::load(&registry.client(), &id, loader::synthetic(SMALL_SERVICES, 3_000), gate).await;
+    registry
 }
 
 /// The rows of the comparison at scale (`rows` of `compare_answer_paths`).
