@@ -94,6 +94,11 @@ impl Answer {
         }
     }
 
+    /// Attaches an Extended DNS Error, sent when the client speaks EDNS.
+    pub fn set_ede(&mut self, code: u16, text: impl Into<Cow<'static, str>>) {
+        self.ede = Some(Box::new((code, text.into())));
+    }
+
     /// When the backend last confirmed the data behind it (wall-clock ms), if that is known.
     pub fn confirmed_ms(&self) -> Option<u64> {
         self.service.as_ref().filter(|s| s.aged).map(|s| s.marks.confirmed_ms.load(Ordering::Relaxed))

@@ -11,7 +11,6 @@
 //! (`answer_miss`) runs on its own task, may wait for the backend or an upstream, and stores
 //! what it built for the next query.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::net::IpAddr;
@@ -686,10 +685,7 @@ impl Engine {
     fn refused(&self) -> Answer {
         let mut a = Answer::new(RCODE_REFUSED);
         a.authoritative = false;
-        a.ede = Some(Box::new((
-            EDE_PROHIBITED,
-            Cow::Borrowed("not a namespace zone, and no upstream is configured"),
-        )));
+        a.set_ede(EDE_PROHIBITED, "not a namespace zone, and no upstream is configured");
         a
     }
 
@@ -698,20 +694,14 @@ impl Engine {
         let mut a = Answer::new(RCODE_REFUSED);
         a.authoritative = false;
         a.cacheable = false;
-        a.ede = Some(Box::new((
-            EDE_PROHIBITED,
-            Cow::Borrowed("this client may not query this server for this name"),
-        )));
+        a.set_ede(EDE_PROHIBITED, "this client may not query this server for this name");
         a
     }
 
     fn outage() -> Answer {
         let mut a = Answer::new(RCODE_SERVFAIL);
         a.cacheable = false;
-        a.ede = Some(Box::new((
-            EDE_NO_REACHABLE_AUTHORITY,
-            Cow::Borrowed("Cloud Map is unreachable and nothing is cached"),
-        )));
+        a.set_ede(EDE_NO_REACHABLE_AUTHORITY, "Cloud Map is unreachable and nothing is cached");
         a
     }
 

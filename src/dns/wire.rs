@@ -517,6 +517,7 @@ impl RecordSet {
     }
 
     /// The `i`th record, whole.
+    #[cfg(test)]
     pub fn to_vec(&self, i: usize) -> Vec<u8> {
         let mut out = Vec::new();
         self.write_one(i, &mut out);
@@ -579,7 +580,7 @@ impl Records for RecordSet {
 
 /// A section most cached answers leave empty (authority, additional): a pointer, null while
 /// empty, read as the `RecordSet` it holds or an empty one. A hit reads its whole answer, so an
-/// empty section as a `RecordSet` (48 bytes) was most of a cache line on every hit over 10,000
+/// empty section as a `RecordSet` (56 bytes) was most of a cache line on every hit over 10,000
 /// names (bench/README.md, *Scale*).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RareRecords(Option<Box<RecordSet>>);

@@ -6,7 +6,6 @@
 //! lower-case labels: matching ignores ASCII case, and answers point back at the question's own
 //! bytes, so they echo its case.
 
-use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -484,10 +483,7 @@ pub fn service(
         }
     };
     if status.stale {
-        a.ede = Some(Box::new((
-            EDE_STALE_ANSWER,
-            Cow::Borrowed("serving the last known good data: Cloud Map is unreachable"),
-        )));
+        a.set_ede(EDE_STALE_ANSWER, "serving the last known good data: Cloud Map is unreachable");
     }
     a
 }
