@@ -186,6 +186,7 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
         ServerSettings {
             tcp_idle_timeout: Duration::from_millis(config.dns.tcp_idle_timeout_ms),
             tcp_max_connections: config.dns.tcp_max_connections,
+            udp_scheduling: config.dns.udp_scheduling,
         },
         limiter.clone(),
     );

@@ -73,6 +73,21 @@ fn thread_names(server: &Server) -> Vec<String> {
         .collect()
 }
 
+/// Each thread's name and scheduling policy (0 SCHED_OTHER, 3 SCHED_BATCH), from
+/// /proc/PID/task/TID/stat: the policy is the 41st field, the 39th after the name's `)`.
+#[cfg(target_os = "linux")]
+fn thread_policies(server: &Server) -> Vec<(String, u32)> {
+    std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+        .map(|stat| {
+            let (head, rest) = stat.rsplit_once(')').unwrap();
+            let name = head.split_once('(').unwrap().1.to_string();
+            (name, rest.split_whitespace().nth(38).unwrap().parse().unwrap())
+        })
+        .collect()
+}
+
 #[cfg(target_os = "linux")]
 fn udp_threads(server: &Server) -> usize {
     thread_names(server).iter().filter(|n| *n == "dns-udp").count()
@@ -132,4 +147,30 @@ fn on_one_cpu_one_thread_reads_every_listener() {
         }
     }
     assert_eq!(udp_threads(&server), 1, "one CPU, one UDP thread: {:?}", thread_names(&server));
+}
+
+/// `dns.udp_scheduling = "batch"` puts the UDP threads, and only them, under SCHED_BATCH, and
+/// they answer; by default they keep the normal policy.
+#[cfg(target_os = "linux")]
+#[test]
+fn udp_threads_take_the_configured_scheduling_policy() {
+    const OTHER: u32 = 0;
+    const BATCH: u32 = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(&config, "[dns]\nudp_scheduling = \"batch\"\n").unwrap();
+    let batch = Server::start(&["--config", config.to_str().unwrap(), "--demo"]);
+    let (plain, _dir) = start_with_workers(0);
+    for (server, udp_policy) in [(&batch, BATCH), (&plain, OTHER)] {
+        assert_eq!(a(&parse(&udp(server.dns, &query("orders.demo", A)))).len(), 2);
+        let policies = thread_policies(server);
+        let udp: Vec<u32> = policies.iter().filter(|(n, _)| n == "dns-udp").map(|(_, p)| *p).collect();
+        assert!(!udp.is_empty(), "no UDP thread: {policies:?}");
+        assert!(udp.iter().all(|p| *p == udp_policy), "UDP threads: {policies:?}");
+        assert!(
+            policies.iter().filter(|(n, _)| n != "dns-udp").all(|(_, p)| *p == OTHER),
+            "only the UDP threads change policy: {policies:?}"
+        );
+    }
+    assert!(batch.log_text().contains("SCHED_BATCH"), "the policy is logged:\n{}", batch.log_text());
 }
