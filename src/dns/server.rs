@@ -493,29 +493,29 @@ impl Sink {
     }
 }
 
-/// The UDP loop on its own thread (Linux, sockets bound to one address): its sockets are off
-/// tokio's reactor and in blocking mode (a full send buffer holds the loop rather than dropping
-/// answers); `recvmmsg` takes what is queued, cache hits go out in one `sendmmsg`, misses go to
-/// tasks as in `serve_udp`. One socket is waited on in `recvmmsg` itself. Several (more sockets
-/// than CPUs) are read in turns, a batch from each, and waited on together in `poll` when all
-/// are empty: at saturation the thread goes from socket to socket without a system call between.
 /// Puts the calling thread under `policy`. A failure is logged, not fatal: the thread serves as
 /// well under the default policy.
 #[cfg(target_os = "linux")]
 fn schedule_this_thread(policy: UdpScheduling) {
     let policy = match policy {
         UdpScheduling::Normal => return,
-        UdpScheduling::Batch => libc::SCHED_BATCH,
+        UdpScheduling::Batch => nix::libc::SCHED_BATCH,
     };
-    let param = libc::sched_param { sched_priority: 0 };
+    let param = nix::libc::sched_param { sched_priority: 0 };
     // SAFETY: pid 0 names the calling thread; `param` is valid for the call, and priority 0 is
     // the only one SCHED_BATCH takes.
-    if unsafe { libc::sched_setscheduler(0, policy, &param) } != 0 {
+    if unsafe { nix::libc::sched_setscheduler(0, policy, &param) } != 0 {
         let error = std::io::Error::last_os_error();
         tracing::warn!(%error, "cannot set the UDP thread's scheduling policy (dns.udp_scheduling)");
     }
 }
 
+/// The UDP loop on its own thread (Linux, sockets bound to one address): its sockets are off
+/// tokio's reactor and in blocking mode (a full send buffer holds the loop rather than dropping
+/// answers); `recvmmsg` takes what is queued, cache hits go out in one `sendmmsg`, misses go to
+/// tasks as in `serve_udp`. One socket is waited on in `recvmmsg` itself. Several (more sockets
+/// than CPUs) are read in turns, a batch from each, and waited on together in `poll` when all
+/// are empty: at saturation the thread goes from socket to socket without a system call between.
 #[cfg(target_os = "linux")]
 fn serve_udp_thread(
     (sockets, stopped, inflight): (Vec<Arc<std::net::UdpSocket>>, watch::Receiver<bool>, Arc<InFlight>),
