@@ -74,13 +74,6 @@ fi
 PERF_PORT=$CMF_PORT PERF_MODE=fwd PERF_UPSTREAM=127.0.0.1:$UP_PORT PERF_RUN_DIR=$WORK/cmf \
     launch "$WORK/cmf" "$SRV_CPU" "$ROOT/bench/candidate.sh"
 
-ready() { # port name
-    for _ in $(seq 300); do
-        dig +tries=1 +time=1 -p "$1" @127.0.0.1 "$2" A 2>/dev/null | grep -q 'status: NOERROR' && return 0
-        sleep 0.2
-    done
-    return 1
-}
 for s in nsd:$NSD_PORT:svc0.demo up:$UP_PORT:svc0.up.test ub:$UB_PORT:svc0.up.test \
     cm:$CM_PORT:svc0.demo cmf:$CMF_PORT:svc0.up.test $([ "$CONTROL" = 1 ] && echo cm2:$CM2_PORT:svc0.demo); do
     IFS=: read -r dir port probe <<<"$s"
@@ -92,7 +85,6 @@ done
 steal_ms() {
     awk -v c="cpu$SRV_CPU" -v hz="$(getconf CLK_TCK)" '$1 == c { print int($9 * 1000 / hz) }' /proc/stat
 }
-field() { awk -v k="$1" '{ for (i = 1; i < NF; i++) if ($i == k) print $(i + 1) }'; }
 
 # The query file for a workload; the miss workloads get names never asked before, enough for
 # `rate` queries/s (max: 600,000/s) over `seconds`. The prefix is taken from the clock: this runs

@@ -1,7 +1,8 @@
 # Sourced by the benchmark scripts: a work directory, and processes launched in their own session
 # and pinned to a CPU, all stopped (and the directory removed) when the script exits; the CPU
 # time of the server on a port and the queries its sockets dropped; a registry with the demo
-# zone for aws-backend servers, and their Cloud Map call count.
+# zone for aws-backend servers, and their Cloud Map call count; waiting for a server to answer,
+# and reading a field of the load generator's `key value` lines.
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -49,3 +50,13 @@ drops() { # port
     # Once per socket (inode, field 10): a read of the table in pieces can list one twice.
     awk -v p="$(printf ':%04X' "$1")" '$2 ~ p"$" && !seen[$10]++ { d += $NF } END { print d + 0 }' /proc/net/udp /proc/net/udp6
 }
+# Waits until the DNS server on 127.0.0.1:port answers `name A` with NOERROR (300 tries, 0.2 s apart).
+ready() { # port name
+    for _ in $(seq 300); do
+        dig +tries=1 +time=1 -p "$1" @127.0.0.1 "$2" A 2>/dev/null | grep -q 'status: NOERROR' && return 0
+        sleep 0.2
+    done
+    return 1
+}
+# The value after `key` in `key value ...` lines (the load generator's reports).
+field() { awk -v k="$1" '{ for (i = 1; i < NF; i++) if ($i == k) print $(i + 1) }'; }

@@ -20,7 +20,6 @@ LOADGEN=$ROOT/target/release/examples/loadgen
 # shellcheck source=bench/procs.sh
 . "$ROOT/bench/procs.sh"
 demo_registry "$REG_API" "$REG_DNS"
-field() { awk -v k="$1" '{ for (i = 1; i < NF; i++) if ($i == k) print $(i + 1) }'; }
 stall=$(awk -v m="$STALL_MS" 'BEGIN { print m / 1000 }')
 rest=$(awk -v p="$PERIOD_MS" -v m="$STALL_MS" 'BEGIN { print (p - m) / 1000 }')
 echo "# stall $(date -u +%FT%TZ): ${RATE} q/s, the server stopped ${STALL_MS} ms every ${PERIOD_MS} ms, ${DURATION} s per run"

@@ -39,12 +39,7 @@ for i in "${!SERVERS[@]}"; do
         launch "$WORK/s$i" 0,1 "$ROOT/bench/candidate.sh"
 done
 for i in "${!SERVERS[@]}"; do
-    for _ in $(seq 300); do
-        dig +tries=1 +time=1 -p $((BASE_PORT + i)) @127.0.0.1 svc0.demo A 2>/dev/null | grep -q 'status: NOERROR' && break
-        sleep 0.2
-    done
-    dig +tries=1 +time=1 -p $((BASE_PORT + i)) @127.0.0.1 svc0.demo A | grep -q 'status: NOERROR' \
-        || { echo "server ${SERVERS[$i]} did not start" >&2; cat "$WORK/s$i/out" >&2; exit 1; }
+    ready $((BASE_PORT + i)) svc0.demo || { echo "server ${SERVERS[$i]} did not start" >&2; cat "$WORK/s$i/out" >&2; exit 1; }
 done
 
 # Context switches of the threads of the processes that hold a UDP port.
@@ -55,7 +50,6 @@ switches() { # port
     done
     echo "$n"
 }
-field() { awk -v k="$1" '{ for (i = 1; i < NF; i++) if ($i == k) print $(i + 1) }'; }
 
 echo "cloudmap-dns $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u '+%F %H:%M') UTC, $(nproc) CPUs"
 ROWS=$WORK/rows
