@@ -76,7 +76,9 @@ pub struct Cache {
     zone_source: ArcSwap<ZoneSource>,
     zones: RwLock<Arc<ZoneTable>>,
     pub zones_generation: Arc<AtomicU64>,
-    namespaces: DashMap<NamespaceRef, Arc<NamespaceState>>,
+    /// Read by every query that misses the answer cache, so hashed with foldhash rather than
+    /// SipHash: the keys are the zones' namespaces, not names a client chose.
+    namespaces: DashMap<NamespaceRef, Arc<NamespaceState>, foldhash::fast::RandomState>,
     /// Services being refreshed, for the effective refresh interval.
     active: AtomicUsize,
     /// Whether the backend pushes changes (embedded) rather than being polled.
@@ -434,7 +436,7 @@ impl Cache {
             zone_source: ArcSwap::from_pointee(zone_source),
             zones: RwLock::new(Arc::new(zones)),
             zones_generation: Arc::new(AtomicU64::new(1)),
-            namespaces: DashMap::new(),
+            namespaces: DashMap::with_hasher(Default::default()),
             active: AtomicUsize::new(0),
             push,
             dirty: AtomicBool::new(false),

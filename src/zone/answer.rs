@@ -6,6 +6,7 @@
 //! lower-case labels: matching ignores ASCII case, and answers point back at the question's own
 //! bytes, so they echo its case.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -15,14 +16,19 @@ use crate::dns::wire::{self, *};
 use super::view::{InstanceView, ServiceView};
 use super::{HealthMode, Zone};
 
+/// The catalog's hasher. A new name hashes a few candidates of its labels here on every query,
+/// and SipHash was most of that. The keys come from the registry, not from clients, and the seed
+/// is random per process.
+type CatalogHasher = foldhash::fast::RandomState;
+
 /// The service names of a namespace, for reading names.
 #[derive(Debug, Default, Clone)]
 pub struct Catalog {
     /// Lower-case name -> the names it stands for (several only where names differ by case, which
     /// HTTP namespaces allow).
-    services: HashMap<String, Vec<String>>,
+    services: HashMap<String, Vec<String>, CatalogHasher>,
     /// Lower-case proper label-suffixes of dotted service names (`b` of `a.b`): empty non-terminals.
-    suffixes: HashSet<String>,
+    suffixes: HashSet<String, CatalogHasher>,
 }
 
 impl Catalog {
@@ -93,8 +99,17 @@ pub enum Parsed {
     Service { service: String, reserved: Option<Reserved>, rest: Rest, case_sensitive: bool },
 }
 
+/// A label as text, with U+FFFD for bytes that are not UTF-8. Labels are nearly always ASCII,
+/// which `from_utf8` checks a word at a time; `from_utf8_lossy` alone went byte by byte.
+fn label_text(label: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(label) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(label),
+    }
+}
+
 fn text(label: &[u8]) -> String {
-    String::from_utf8_lossy(label).into_owned()
+    label_text(label).into_owned()
 }
 
 /// Labels as text, joined with dots.
@@ -105,14 +120,14 @@ fn dotted(labels: &[&[u8]]) -> String {
             out.push('.');
         }
         // Borrowed, not copied, when the label is UTF-8.
-        out.push_str(&String::from_utf8_lossy(label));
+        out.push_str(&label_text(label));
     }
     out
 }
 
 /// The length of a label as text (`dotted`).
 fn text_len(label: &[u8]) -> usize {
-    String::from_utf8_lossy(label).len()
+    label_text(label).len()
 }
 
 /// Reads the labels left of the zone (leftmost first; `lower` lower-cased, `original` as asked).
