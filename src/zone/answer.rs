@@ -165,7 +165,7 @@ pub fn parse(lower: &[&[u8]], original: &[&[u8]], catalog: &Catalog) -> Parsed {
         let (proto, svc) = (lower[lower.len() - 1], lower[lower.len() - 2]);
         if (proto == b"_tcp" || proto == b"_udp") && svc.len() > 1 && svc[0] == b'_' {
             let orig = &original[lower.len() - 2][1..];
-            if let Some((service, case)) = catalog.lookup(&text(&svc[1..]), &text(orig)) {
+            if let Some((service, case)) = catalog.lookup(&label_text(&svc[1..]), &label_text(orig)) {
                 found = Some((service, case, lower.len() - 2, lower.len()));
             }
         }
