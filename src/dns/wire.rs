@@ -256,9 +256,10 @@ pub fn key_into(q: &Query, buf: &mut [u8; KEY_ROOM]) -> usize {
     n + 4
 }
 
-/// The labels of a wire name, in order (leftmost first).
-pub fn labels(name: &[u8]) -> Vec<&[u8]> {
-    let mut out = Vec::new();
+/// The labels of a wire name, in order (leftmost first). Inline up to 8: a zone miss reads the
+/// labels of every new name, and most names have fewer.
+pub fn labels(name: &[u8]) -> SmallVec<[&[u8]; 8]> {
+    let mut out = SmallVec::new();
     let mut i = 0;
     while let Some(&len) = name.get(i) {
         if len == 0 {
@@ -299,13 +300,22 @@ pub fn name_to_string(name: &[u8]) -> String {
 
 /// One encoded resource record: owner, type, class, TTL and RDATA, ready to copy into a message.
 pub fn record(owner: &[u8], rtype: u16, ttl: u32, rdata: &[u8]) -> Vec<u8> {
-    let mut r = Vec::with_capacity(owner.len() + 10 + rdata.len());
+    record_of_parts(owner, rtype, ttl, &[rdata])
+}
+
+/// `record` with its RDATA given in parts, written in order: one allocation for the record
+/// where joining the parts first would take another.
+pub fn record_of_parts(owner: &[u8], rtype: u16, ttl: u32, rdata: &[&[u8]]) -> Vec<u8> {
+    let rdlen: usize = rdata.iter().map(|p| p.len()).sum();
+    let mut r = Vec::with_capacity(owner.len() + 10 + rdlen);
     r.extend_from_slice(owner);
     r.extend_from_slice(&rtype.to_be_bytes());
     r.extend_from_slice(&CLASS_IN.to_be_bytes());
     r.extend_from_slice(&ttl.to_be_bytes());
-    r.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
-    r.extend_from_slice(rdata);
+    r.extend_from_slice(&(rdlen as u16).to_be_bytes());
+    for part in rdata {
+        r.extend_from_slice(part);
+    }
     r
 }
 
@@ -340,11 +350,14 @@ pub fn soa_rdata(
     expire: u32,
     minimum: u32,
 ) -> Vec<u8> {
-    let mut out = Vec::with_capacity(mname.len() + rname.len() + 20);
-    out.extend_from_slice(mname);
-    out.extend_from_slice(rname);
-    for v in [serial, refresh, retry, expire, minimum] {
-        out.extend_from_slice(&v.to_be_bytes());
+    [mname, rname, &soa_numbers(serial, refresh, retry, expire, minimum)].concat()
+}
+
+/// The five numbers that end an SOA's RDATA, after MNAME and RNAME.
+pub fn soa_numbers(serial: u32, refresh: u32, retry: u32, expire: u32, minimum: u32) -> [u8; 20] {
+    let mut out = [0u8; 20];
+    for (slot, v) in out.chunks_exact_mut(4).zip([serial, refresh, retry, expire, minimum]) {
+        slot.copy_from_slice(&v.to_be_bytes());
     }
     out
 }
@@ -492,6 +505,18 @@ impl RecordSet {
         }
     }
 
+    /// `push`, keeping `record`'s own buffer when it is the first (no copy, no second buffer):
+    /// every negative answer holds one SOA, built for it.
+    pub fn push_owned(&mut self, record: Vec<u8>) {
+        match (&self.shape, u16::try_from(record.len())) {
+            (Shape::Uniform { count: 0, .. }, Ok(len)) => {
+                self.bytes = record;
+                self.shape = Shape::Uniform { count: 1, len, head: len };
+            }
+            _ => self.push(&record),
+        }
+    }
+
     /// Lays the records out back to back, each whole, with their ends.
     fn make_mixed(&mut self) {
         if let Shape::Uniform { count, len, .. } = self.shape {
@@ -590,6 +615,11 @@ static NO_RECORDS: RecordSet = RecordSet { bytes: Vec::new(), shape: NO_SHAPE };
 impl RareRecords {
     pub fn push(&mut self, record: impl AsRef<[u8]>) {
         self.0.get_or_insert_with(Default::default).push(record);
+    }
+
+    /// `push`, keeping `record`'s own buffer when it is the first.
+    pub fn push_owned(&mut self, record: Vec<u8>) {
+        self.0.get_or_insert_with(Default::default).push_owned(record);
     }
 }
 
@@ -853,7 +883,11 @@ mod tests {
                     }
                     _ => (0..len).map(|_| (next() % 3) as u8).collect(),
                 };
-                set.push(&r);
+                if next() % 2 == 0 {
+                    set.push(&r);
+                } else {
+                    set.push_owned(r.clone());
+                }
                 whole.push(r);
             }
             assert_eq!(set.len(), whole.len());
@@ -865,6 +899,28 @@ mod tests {
             set.write_all(n, &mut out);
             assert_eq!(out, whole[..n].concat());
         }
+    }
+
+    #[test]
+    fn a_record_in_parts_is_the_record_and_a_first_one_pushed_owned_keeps_its_buffer() {
+        let (mname, rname) = (b"\x02ns\x00".as_slice(), b"\x0ahostmaster\x04demo\x00".as_slice());
+        let numbers = soa_numbers(1, 2, 3, 4, 0x0102_0304);
+        assert_eq!(numbers[..4], [0, 0, 0, 1]);
+        assert_eq!(numbers[16..], [1, 2, 3, 4]);
+        let rdata = [mname, rname, &numbers].concat();
+        let soa =
+            record_of_parts(&[0xC0, 0x0C], TYPE_SOA, 60, &[mname, &rname[..11], &rname[11..], &numbers]);
+        assert_eq!(soa, record(&[0xC0, 0x0C], TYPE_SOA, 60, &rdata));
+        assert_eq!(soa_rdata(mname, rname, 1, 2, 3, 4, 0x0102_0304), rdata);
+
+        let (copy, at) = (soa.clone(), soa.as_ptr());
+        let mut authority = RareRecords::default();
+        authority.push_owned(soa);
+        assert_eq!(authority.heap_parts()[0].0, at as usize, "the record's own buffer");
+        assert_eq!((authority.len(), authority.to_vec(0)), (1, copy.clone()));
+        // A second record is copied in, as `push` would.
+        authority.push_owned(copy.clone());
+        assert_eq!((authority.len(), authority.to_vec(1)), (2, copy));
     }
 
     #[test]

@@ -223,19 +223,20 @@ pub struct Status<'a> {
 
 const QNAME: [u8; 2] = [0xC0, 0x0C];
 
+/// The zone's SOA, owned by the zone's labels in the question. Built for every negative answer
+/// (a new name's is one), so in one allocation: RNAME `hostmaster.<zone>` is written in place.
 fn soa(ctx: &BuildCtx) -> Vec<u8> {
     let owner = wire::pointer(HEADER_LEN + ctx.zone_offset);
-    let mut rname = b"\x0ahostmaster".to_vec();
-    rname.extend_from_slice(&ctx.zone.wire);
     let ttl = ctx.zone.ttl;
-    let rdata = soa_rdata(ctx.server_name, &rname, ctx.serial, 3600, 600, 86400, ttl);
-    wire::record(&owner, TYPE_SOA, ttl, &rdata)
+    let numbers = soa_numbers(ctx.serial, 3600, 600, 86400, ttl);
+    let rdata: [&[u8]; 4] = [ctx.server_name, b"\x0ahostmaster", &ctx.zone.wire, &numbers];
+    wire::record_of_parts(&owner, TYPE_SOA, ttl, &rdata)
 }
 
 /// NXDOMAIN or NODATA, with the zone's SOA in the authority section.
 pub fn negative(ctx: &BuildCtx, rcode: u8) -> Answer {
     let mut a = Answer::new(rcode);
-    a.authority.push(soa(ctx));
+    a.authority.push_owned(soa(ctx));
     a
 }
 
@@ -252,7 +253,7 @@ pub fn apex(ctx: &BuildCtx) -> Answer {
             let mut a = Answer::new(RCODE_NOERROR);
             let mut record = soa(ctx);
             // The owner is the question name itself.
-            record.splice(0..2, QNAME);
+            record[..2].copy_from_slice(&QNAME);
             a.records.push(record);
             a
         }

@@ -8,6 +8,7 @@ pub mod view;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
 
 use crate::backend::NamespaceRef;
 use crate::dns::wire;
@@ -78,7 +79,7 @@ impl ZoneTable {
     /// the name where the zone's labels start.
     pub fn find(&self, lower_qname: &[u8]) -> Option<(&Arc<Zone>, usize)> {
         // Label boundaries of the query name; the zone must start on one.
-        let mut starts = Vec::with_capacity(8);
+        let mut starts: SmallVec<[usize; 16]> = SmallVec::new();
         let mut i = 0;
         while let Some(&len) = lower_qname.get(i) {
             starts.push(i);
