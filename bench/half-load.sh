@@ -27,7 +27,8 @@
 # last table pools each server's common-rate runs: percentiles over all their queries. One run's p99
 # turns on which server's turns the steal fell in; the pooled one much less. CONTROL=1 adds a second
 # cloudmap-dns, the same build, to the zone workloads: how far two copies of one server differ is
-# the noise that any comparison here has to exceed.
+# the noise that any comparison here has to exceed. CONTROL_BIN=PATH makes that copy another build
+# (an A/B of two builds, loaded in turns like the rest).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEERS=${BENCH_PEERS:-$ROOT/../shared/bench-peers}
@@ -45,6 +46,7 @@ UB_PORT=${UB_PORT:-5394}
 CMF_PORT=${CMF_PORT:-5392}
 CM2_PORT=${CM2_PORT:-5396}
 CONTROL=${CONTROL:-0}
+CONTROL_BIN=${CONTROL_BIN:-$ROOT/target/release/cloudmap-dns}
 UP_PORT=${UP_PORT:-5395}
 for t in nsd unbound dig taskset setsid; do command -v $t >/dev/null || { echo "missing $t" >&2; exit 1; }; done
 [ -x "$LOADGEN" ] || { echo "build first: cargo build --release --bin cloudmap-dns --example load-zone --example loadgen" >&2; exit 1; }
@@ -68,8 +70,8 @@ launch "$WORK/ub" "$SRV_CPU" unbound -d -c "$WORK/ub/unbound.conf"
 PERF_PORT=$CM_PORT PERF_MODE=zone PERF_ZONE_NAME=demo. PERF_ZONE_FILE=$GEN/demo.zone PERF_RUN_DIR=$WORK/cm \
     launch "$WORK/cm" "$SRV_CPU" "$ROOT/bench/candidate.sh"
 if [ "$CONTROL" = 1 ]; then
-    PERF_PORT=$CM2_PORT PERF_MODE=zone PERF_ZONE_NAME=demo. PERF_ZONE_FILE=$GEN/demo.zone PERF_RUN_DIR=$WORK/cm2 \
-        launch "$WORK/cm2" "$SRV_CPU" "$ROOT/bench/candidate.sh"
+    CLOUDMAP_DNS_BIN=$CONTROL_BIN PERF_PORT=$CM2_PORT PERF_MODE=zone PERF_ZONE_NAME=demo. PERF_ZONE_FILE=$GEN/demo.zone \
+        PERF_RUN_DIR=$WORK/cm2 launch "$WORK/cm2" "$SRV_CPU" "$ROOT/bench/candidate.sh"
 fi
 PERF_PORT=$CMF_PORT PERF_MODE=fwd PERF_UPSTREAM=127.0.0.1:$UP_PORT PERF_RUN_DIR=$WORK/cmf \
     launch "$WORK/cmf" "$SRV_CPU" "$ROOT/bench/candidate.sh"
