@@ -254,7 +254,7 @@ pub fn apex(ctx: &BuildCtx) -> Answer {
             let mut record = soa(ctx);
             // The owner is the question name itself.
             record[..2].copy_from_slice(&QNAME);
-            a.records.push(record);
+            a.records.push_owned(record);
             a
         }
         TYPE_NS => {
