@@ -341,6 +341,8 @@ pub fn txt_rdata<S: AsRef<[u8]>>(strings: &[S]) -> Vec<u8> {
     out
 }
 
+/// An SOA's RDATA whole, for tests; answers write it in parts (`soa_numbers`, `record_of_parts`).
+#[cfg(test)]
 pub fn soa_rdata(
     mname: &[u8],
     rname: &[u8],
