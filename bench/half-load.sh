@@ -56,9 +56,6 @@ for t in nsd unbound dig taskset setsid; do command -v $t >/dev/null || { echo "
 GEN=$WORK/gen
 bash "$PEERS/gen-data.sh" "$GEN" >/dev/null
 
-conf() { # template run-dir port
-    sed -e "s|@PORT@|$3|g" -e "s|@RUN@|$2|g" -e "s|@GEN@|$GEN|g" -e "s|@UPSTREAM_PORT@|$UP_PORT|g" "$PEERS/conf/$1"
-}
 mkdir -p "$WORK"/{nsd,up,ub,cm,cmf}
 conf nsd.conf.in "$WORK/nsd" "$NSD_PORT" >"$WORK/nsd/nsd.conf"
 launch "$WORK/nsd" "$SRV_CPU" nsd -d -c "$WORK/nsd/nsd.conf"
@@ -82,30 +79,6 @@ for s in nsd:$NSD_PORT:svc0.demo up:$UP_PORT:svc0.up.test ub:$UB_PORT:svc0.up.te
     ready "$port" "$probe" || { echo "$dir did not start" >&2; cat "$WORK/$dir/out" >&2; exit 1; }
 done
 
-# Time the hypervisor kept the server's CPU (steal, ms): a run it touched shows loss or a tail
-# that no server on that CPU could have avoided.
-steal_ms() {
-    awk -v c="cpu$SRV_CPU" -v hz="$(getconf CLK_TCK)" '$1 == c { print int($9 * 1000 / hz) }' /proc/stat
-}
-
-# The query file for a workload; the miss workloads get names never asked before, enough for
-# `rate` queries/s (max: 600,000/s) over `seconds`. The prefix is taken from the clock: this runs
-# in a subshell, where a counter would not survive, and repeated names would be negative-cache
-# hits (up.test's SOA minimum is a day) for a server whose cache holds them all.
-queries() { # workload rate seconds
-    case "$1" in
-    a | srv) echo "$GEN/q-demo-$1.txt" ;;
-    fwd-a) echo "$GEN/q-up-a.txt" ;;
-    nx | fwd-miss)
-        local f=$WORK/q-fresh.txt suffix=demo rate=$2
-        [ "$1" = fwd-miss ] && suffix=up.test
-        [ "$rate" = max ] && rate=600000
-        awk -v n="$(awk -v r="$rate" -v s="$3" 'BEGIN { printf "%d", r * s * 1.1 + 1000 }')" \
-            -v p="m$(date +%s%N)" -v z="$suffix" 'BEGIN { for (i = 0; i < n; i++) printf "%s-%d.%s A\n", p, i, z }' >"$f"
-        echo "$f"
-        ;;
-    esac
-}
 load() { # port workload seconds rate
     "$LOADGEN" "127.0.0.1:$1" "$(queries "$2" "$4" "$3")" "$3" "$4" "$LOAD_CPU"
 }

@@ -2,7 +2,8 @@
 # and pinned to a CPU, all stopped (and the directory removed) when the script exits; the CPU
 # time of the server on a port and the queries its sockets dropped; a registry with the demo
 # zone for aws-backend servers, and their Cloud Map call count; waiting for a server to answer,
-# and reading a field of the load generator's `key value` lines.
+# and reading a field of the load generator's `key value` lines; the peers' configurations and
+# the workloads' query files (half-load.sh, tail.sh); the hypervisor's steal of the server's CPU.
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
@@ -60,3 +61,31 @@ ready() { # port name
 }
 # The value after `key` in `key value ...` lines (the load generator's reports).
 field() { awk -v k="$1" '{ for (i = 1; i < NF; i++) if ($i == k) print $(i + 1) }'; }
+# A peer's configuration from the harness's template (NSD, Unbound) for a run directory and port;
+# needs PEERS, GEN (the harness's data) and UP_PORT (the forwarders' upstream).
+conf() { # template run-dir port
+    sed -e "s|@PORT@|$3|g" -e "s|@RUN@|$2|g" -e "s|@GEN@|$GEN|g" -e "s|@UPSTREAM_PORT@|$UP_PORT|g" "$PEERS/conf/$1"
+}
+# The query file for a workload; the miss workloads get names never asked before, enough for
+# `rate` queries/s (max: 600,000/s) over `seconds`. The prefix is taken from the clock: this runs
+# in a subshell, where a counter would not survive, and repeated names would be negative-cache
+# hits (up.test's SOA minimum is a day) for a server whose cache holds them all.
+queries() { # workload rate seconds
+    case "$1" in
+    a | srv) echo "$GEN/q-demo-$1.txt" ;;
+    fwd-a) echo "$GEN/q-up-a.txt" ;;
+    nx | fwd-miss)
+        local f=$WORK/q-fresh.txt suffix=demo rate=$2
+        [ "$1" = fwd-miss ] && suffix=up.test
+        [ "$rate" = max ] && rate=600000
+        awk -v n="$(awk -v r="$rate" -v s="$3" 'BEGIN { printf "%d", r * s * 1.1 + 1000 }')" \
+            -v p="m$(date +%s%N)" -v z="$suffix" 'BEGIN { for (i = 0; i < n; i++) printf "%s-%d.%s A\n", p, i, z }' >"$f"
+        echo "$f"
+        ;;
+    esac
+}
+# Time the hypervisor kept the server's CPU (steal, ms): a run it touched shows loss or a tail
+# that no server on that CPU could have avoided.
+steal_ms() {
+    awk -v c="cpu${SRV_CPU:-0}" -v hz="$(getconf CLK_TCK)" '$1 == c { print int($9 * 1000 / hz) }' /proc/stat
+}

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Where the tail below saturation comes from: cloudmap-dns and its peer (NSD for zone answers,
+# Unbound for forwarded hits), both pinned to CPU 0, each loaded alone at one rate, then the two
+# in turns of 20 ms (half-load.sh's arrangement) and of 200 ms, RUNS rounds of the three.
+#
+#   cargo build --release --bin cloudmap-dns --example load-zone --example loadgen
+#   bench/tail.sh                       # RUNS=3 DURATION=8 WORKLOADS="srv fwd-a nx"
+#
+# Workloads as in half-load.sh (a, srv, nx: NSD; fwd-a: Unbound). The rate is half of the slower
+# server's saturation (5 s each, 200 queries in flight), the same for both. A tail that a server
+# makes itself (its batching, a thread of its own, its start after an idle turn) shows in every
+# arrangement; one that the machine makes (a stall of CPU 0, or of the generator's CPU 1) moves
+# from run to run and from server to server. Per run: CPU 0's steal (ms) and the generator's
+# largest backlog (max_owed: queries it was late to send, so a burst when it caught up). Last,
+# each server's runs pooled per arrangement: percentiles over all their queries.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PEERS=${BENCH_PEERS:-$ROOT/../shared/bench-peers}
+LOADGEN=$ROOT/target/release/examples/loadgen
+RUNS=${RUNS:-3}
+DURATION=${DURATION:-8}
+WORKLOADS=${WORKLOADS:-srv fwd-a nx}
+SRV_CPU=${SRV_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+NSD_PORT=${NSD_PORT:-5393}
+CM_PORT=${CM_PORT:-5391}
+UB_PORT=${UB_PORT:-5394}
+CMF_PORT=${CMF_PORT:-5392}
+UP_PORT=${UP_PORT:-5395}
+for t in nsd unbound dig taskset setsid; do command -v $t >/dev/null || { echo "missing $t" >&2; exit 1; }; done
+[ -x "$LOADGEN" ] || { echo "build first: cargo build --release --bin cloudmap-dns --example load-zone --example loadgen" >&2; exit 1; }
+
+# shellcheck source=bench/procs.sh
+. "$ROOT/bench/procs.sh"
+GEN=$WORK/gen
+bash "$PEERS/gen-data.sh" "$GEN" >/dev/null
+mkdir -p "$WORK"/{nsd,up,ub}
+conf nsd.conf.in "$WORK/nsd" "$NSD_PORT" >"$WORK/nsd/nsd.conf"
+launch "$WORK/nsd" "$SRV_CPU" nsd -d -c "$WORK/nsd/nsd.conf"
+conf nsd.conf.in "$WORK/up" "$UP_PORT" >"$WORK/up/nsd.conf"
+launch "$WORK/up" "$LOAD_CPU" nsd -d -c "$WORK/up/nsd.conf"
+conf unbound-common.conf.in "$WORK/ub" "$UB_PORT" >"$WORK/ub/unbound-common.conf"
+conf unbound-fwd.conf.in "$WORK/ub" "$UB_PORT" >"$WORK/ub/unbound.conf"
+launch "$WORK/ub" "$SRV_CPU" unbound -d -c "$WORK/ub/unbound.conf"
+PERF_PORT=$CM_PORT PERF_MODE=zone PERF_ZONE_NAME=demo. PERF_ZONE_FILE=$GEN/demo.zone PERF_RUN_DIR=$WORK/cm \
+    launch "$WORK/cm" "$SRV_CPU" "$ROOT/bench/candidate.sh"
+PERF_PORT=$CMF_PORT PERF_MODE=fwd PERF_UPSTREAM=127.0.0.1:$UP_PORT PERF_RUN_DIR=$WORK/cmf \
+    launch "$WORK/cmf" "$SRV_CPU" "$ROOT/bench/candidate.sh"
+for s in nsd:$NSD_PORT:svc0.demo up:$UP_PORT:svc0.up.test ub:$UB_PORT:svc0.up.test \
+    cm:$CM_PORT:svc0.demo cmf:$CMF_PORT:svc0.up.test; do
+    IFS=: read -r dir port probe <<<"$s"
+    ready "$port" "$probe" || { echo "$dir did not start" >&2; cat "$WORK/$dir/out" >&2; exit 1; }
+done
+
+echo "# tail $(date -u +%FT%TZ), cloudmap-dns $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), runs=$RUNS duration=${DURATION}s"
+printf '| workload | rate | run | arrangement | server | lost | steal ms | max_owed | p50 ms | p90 ms | p99 ms | p99 lost=late ms | p99.9 ms |\n'
+printf '|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+row() { # workload rate run arrangement name steal line
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$5" \
+        "$(echo "$7" | field lost)" "$6" "$(echo "$7" | field max_owed)" "$(echo "$7" | field p50_ms)" \
+        "$(echo "$7" | field p90_ms)" "$(echo "$7" | field p99_ms)" "$(echo "$7" | field p99_sent_ms)" \
+        "$(echo "$7" | field p999_ms)"
+}
+for wl in $WORKLOADS; do
+    case "$wl" in
+    a | srv | nx) servers="nsd:$NSD_PORT cloudmap-dns:$CM_PORT" ;;
+    fwd-a) servers="unbound:$UB_PORT cloudmap-dns:$CMF_PORT" ;;
+    *) echo "unknown workload $wl (a, srv, nx, fwd-a)" >&2; exit 2 ;;
+    esac
+    rate= addrs=
+    for s in $servers; do
+        port=${s##*:}
+        "$LOADGEN" "127.0.0.1:$port" "$(queries "$wl" max 2)" 2 max "$LOAD_CPU" >/dev/null # warm-up
+        half=$(($("$LOADGEN" "127.0.0.1:$port" "$(queries "$wl" max 5)" 5 max "$LOAD_CPU" | field qps) / 2))
+        [ -z "$rate" ] || [ "$half" -lt "$rate" ] && rate=$half
+        addrs=$addrs${addrs:+,}127.0.0.1:$port
+    done
+    for run in $(seq "$RUNS"); do
+        for s in $servers; do
+            name=${s%%:*} pool=$WORK/pool/$wl/alone && mkdir -p "$pool"
+            s0=$(steal_ms)
+            line=$(LOADGEN_POOL=$pool "$LOADGEN" "127.0.0.1:${s##*:}" "$(queries "$wl" "$rate" "$DURATION")" "$DURATION" "$rate" "$LOAD_CPU")
+            row "$wl" "$rate" "$run" alone "$name" $(($(steal_ms) - s0)) "$line"
+        done
+        for turn in 20 200; do
+            pool=$WORK/pool/$wl/turns$turn && mkdir -p "$pool"
+            s0=$(steal_ms)
+            out=$(LOADGEN_POOL=$pool "$LOADGEN" "$addrs" "$(queries "$wl" "$rate" "$DURATION")" "$DURATION" "$rate" "$LOAD_CPU" "$turn")
+            steal=$(($(steal_ms) - s0))
+            for s in $servers; do
+                row "$wl" "$rate" "$run" "turns of $turn ms" "${s%%:*}" "$steal" "$(echo "$out" | grep "^server 127.0.0.1:${s##*:} ")"
+            done
+        done
+    done
+done
+echo
+echo "Pooled over the $RUNS runs of each arrangement:"
+echo
+printf '| workload | arrangement | server | queries | lost | p50 ms | p90 ms | p99 ms | p99 lost=late ms | p99.9 ms |\n'
+printf '|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n'
+for wl in $WORKLOADS; do
+    for arr in alone turns20 turns200; do
+        for s in nsd:$NSD_PORT unbound:$UB_PORT cloudmap-dns:$CM_PORT cloudmap-dns:$CMF_PORT; do
+            f=$WORK/pool/$wl/$arr/127.0.0.1:${s##*:}.pool
+            [ -e "$f" ] || continue
+            line=$("$LOADGEN" pooled "$f")
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$wl" "$arr" "${s%%:*}" \
+                "$(echo "$line" | field sent)" "$(echo "$line" | field lost)" "$(echo "$line" | field p50_ms)" \
+                "$(echo "$line" | field p90_ms)" "$(echo "$line" | field p99_ms)" \
+                "$(echo "$line" | field p99_sent_ms)" "$(echo "$line" | field p999_ms)"
+        done
+    done
+done
