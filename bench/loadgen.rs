@@ -15,6 +15,10 @@
 //! `loadgen pooled FILE` prints the line of every run added there as one: percentiles over all
 //! their queries, steadier from run to run than any one run's (a run's p99 turns on which server's
 //! turns the hypervisor's steal happened to fall in).
+//!
+//! With `LOADGEN_SLOW=DIR`, each server's answers that took 0.5 ms or more are listed in
+//! `DIR/ADDRESS.slow`, one `SENT_US LATENCY_US` line each (sent: µs since the run began): whether
+//! a tail is scattered answers (a server's own cost) or bursts of them (a stall).
 
 #[path = "udp_load.rs"]
 mod udp_load;

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Where the tail below saturation comes from: cloudmap-dns and its peer (NSD for zone answers,
 # Unbound for forwarded hits), both pinned to CPU 0, each loaded alone at one rate, then the two
-# in turns of 20 ms (half-load.sh's arrangement) and of 200 ms, RUNS rounds of the three.
+# in turns of each of TURNS ms (20: half-load.sh's arrangement), RUNS rounds of them all.
 #
 #   cargo build --release --bin cloudmap-dns --example load-zone --example loadgen
-#   bench/tail.sh                       # RUNS=3 DURATION=8 WORKLOADS="srv fwd-a nx"
+#   bench/tail.sh                       # RUNS=3 DURATION=8 WORKLOADS="srv fwd-a nx" TURNS="20 200"
 #
 # Workloads as in half-load.sh (a, srv, nx: NSD; fwd-a: Unbound). The rate is half of the slower
 # server's saturation (5 s each, 200 queries in flight), the same for both. A tail that a server
@@ -20,6 +20,7 @@ LOADGEN=$ROOT/target/release/examples/loadgen
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8}
 WORKLOADS=${WORKLOADS:-srv fwd-a nx}
+TURNS=${TURNS:-20 200}
 SRV_CPU=${SRV_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
 NSD_PORT=${NSD_PORT:-5393}
@@ -82,7 +83,7 @@ for wl in $WORKLOADS; do
             line=$(LOADGEN_POOL=$pool "$LOADGEN" "127.0.0.1:${s##*:}" "$(queries "$wl" "$rate" "$DURATION")" "$DURATION" "$rate" "$LOAD_CPU")
             row "$wl" "$rate" "$run" alone "$name" $(($(steal_ms) - s0)) "$line"
         done
-        for turn in 20 200; do
+        for turn in $TURNS; do
             pool=$WORK/pool/$wl/turns$turn && mkdir -p "$pool"
             s0=$(steal_ms)
             out=$(LOADGEN_POOL=$pool "$LOADGEN" "$addrs" "$(queries "$wl" "$rate" "$DURATION")" "$DURATION" "$rate" "$LOAD_CPU" "$turn")
@@ -99,12 +100,14 @@ echo
 printf '| workload | arrangement | server | queries | lost | p50 ms | p90 ms | p99 ms | p99 lost=late ms | p99.9 ms |\n'
 printf '|---|---|---|---:|---:|---:|---:|---:|---:|---:|\n'
 for wl in $WORKLOADS; do
-    for arr in alone turns20 turns200; do
+    for arr in alone $(printf 'turns%s ' $TURNS); do
         for s in nsd:$NSD_PORT unbound:$UB_PORT cloudmap-dns:$CM_PORT cloudmap-dns:$CMF_PORT; do
             f=$WORK/pool/$wl/$arr/127.0.0.1:${s##*:}.pool
             [ -e "$f" ] || continue
             line=$("$LOADGEN" pooled "$f")
-            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$wl" "$arr" "${s%%:*}" \
+            label=$arr
+            [ "$arr" = alone ] || label="turns of ${arr#turns} ms"
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$wl" "$label" "${s%%:*}" \
                 "$(echo "$line" | field sent)" "$(echo "$line" | field lost)" "$(echo "$line" | field p50_ms)" \
                 "$(echo "$line" | field p90_ms)" "$(echo "$line" | field p99_ms)" \
                 "$(echo "$line" | field p99_sent_ms)" "$(echo "$line" | field p999_ms)"

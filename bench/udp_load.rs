@@ -13,6 +13,8 @@ const SOCKETS: usize = 8;
 const BATCH: usize = 32;
 /// Latency buckets of 1 µs up to this; slower answers land in the last bucket.
 const MAX_US: usize = 200_000;
+/// What `LOADGEN_SLOW` lists: answers at least this late (µs).
+const SLOW_US: usize = 500;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Pace {
@@ -379,6 +381,9 @@ struct Load {
     sent_at: Vec<Vec<u64>>,
     next_id: [u16; SOCKETS],
     hist: Vec<u64>,
+    /// With `LOADGEN_SLOW=DIR`: (sent, ns since start; latency, us) of each answer slower than
+    /// `SLOW_US`, written to `DIR/ADDRESS.slow`, to see when a run's tail happened.
+    slow: Option<Vec<(u64, usize)>>,
     sent: u64,
     received: u64,
     bad: u64,
@@ -420,6 +425,7 @@ impl Load {
             sent_at: vec![vec![0u64; 65536]; SOCKETS],
             next_id: [0; SOCKETS],
             hist: vec![0; MAX_US + 1],
+            slow: std::env::var_os("LOADGEN_SLOW").map(|_| Vec::new()),
             sent: 0,
             received: 0,
             bad: 0,
@@ -505,6 +511,11 @@ impl Load {
                 self.received += 1;
                 let us = ((at - t) / 1000) as usize;
                 self.hist[us.min(MAX_US)] += 1;
+                if us >= SLOW_US
+                    && let Some(slow) = &mut self.slow
+                {
+                    slow.push((t - 1, us));
+                }
                 let is_response = b[2] & 0x80 != 0;
                 let rcode = b[3] & 0x0f;
                 let answers = u16::from_be_bytes([b[6], b[7]]);
@@ -533,6 +544,13 @@ impl Load {
     }
 
     fn report(self, seconds: f64) -> Report {
+        if let (Some(slow), Some(dir)) = (&self.slow, std::env::var_os("LOADGEN_SLOW")) {
+            let path = std::path::Path::new(&dir).join(format!("{}.slow", self.target.server));
+            let text: String = slow.iter().map(|(at, us)| format!("{} {us}\n", at / 1000)).collect();
+            if let Err(e) = std::fs::write(&path, text) {
+                eprintln!("loadgen: {}: {e}", path.display());
+            }
+        }
         let client_drops =
             self.drops_before.iter().map(|&(port, before)| socket_drops(port).saturating_sub(before)).sum();
         Report {
