@@ -100,6 +100,15 @@ fn main() {
             }
         }
     }
+    if let Some(dir) = std::env::var("LOADGEN_SLOW").ok().filter(|d| !d.is_empty()) {
+        for (target, report) in targets.iter().zip(&reports) {
+            let path = std::path::Path::new(&dir).join(format!("{}.slow", target.server));
+            let text: String = report.slow.iter().map(|(at, us)| format!("{at} {us}\n")).collect();
+            if let Err(e) = std::fs::write(&path, text) {
+                fail(&format!("{}: {e}", path.display()));
+            }
+        }
+    }
     if let [report] = reports.as_slice() {
         println!("{}", report.line());
     } else {

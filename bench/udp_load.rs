@@ -13,8 +13,9 @@ const SOCKETS: usize = 8;
 const BATCH: usize = 32;
 /// Latency buckets of 1 µs up to this; slower answers land in the last bucket.
 const MAX_US: usize = 200_000;
-/// What `LOADGEN_SLOW` lists: answers at least this late (µs).
+/// `Report::slow` lists the answers at least this late (µs), up to `MAX_SLOW` of them.
 const SLOW_US: usize = 500;
+const MAX_SLOW: usize = 1 << 20;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Pace {
@@ -41,6 +42,10 @@ pub struct Report {
     /// fell behind sends them back to back, a burst above the nominal rate.
     pub max_owed: u64,
     hist: Vec<u64>,
+    /// The answers that took `SLOW_US` or more: (sent, µs since the run began; latency, µs), in
+    /// the order they came. Whether a tail is scattered answers or bursts of them (a stall).
+    /// Not kept by `to_text`; merged reports hold each run's, timed from its own start.
+    pub slow: Vec<(u64, usize)>,
 }
 
 impl Report {
@@ -90,6 +95,7 @@ impl Report {
         for (a, b) in self.hist.iter_mut().zip(other.hist) {
             *a += b;
         }
+        self.slow.extend(other.slow);
         self
     }
 
@@ -127,6 +133,7 @@ impl Report {
             client_drops: client_drops.parse().ok()?,
             max_owed: max_owed.parse().ok()?,
             hist,
+            slow: Vec::new(),
         })
     }
 
@@ -381,9 +388,8 @@ struct Load {
     sent_at: Vec<Vec<u64>>,
     next_id: [u16; SOCKETS],
     hist: Vec<u64>,
-    /// With `LOADGEN_SLOW=DIR`: (sent, ns since start; latency, us) of each answer slower than
-    /// `SLOW_US`, written to `DIR/ADDRESS.slow`, to see when a run's tail happened.
-    slow: Option<Vec<(u64, usize)>>,
+    /// Answers of `SLOW_US` or more (`Report::slow`).
+    slow: Vec<(u64, usize)>,
     sent: u64,
     received: u64,
     bad: u64,
@@ -425,7 +431,7 @@ impl Load {
             sent_at: vec![vec![0u64; 65536]; SOCKETS],
             next_id: [0; SOCKETS],
             hist: vec![0; MAX_US + 1],
-            slow: std::env::var_os("LOADGEN_SLOW").map(|_| Vec::new()),
+            slow: Vec::new(),
             sent: 0,
             received: 0,
             bad: 0,
@@ -511,10 +517,8 @@ impl Load {
                 self.received += 1;
                 let us = ((at - t) / 1000) as usize;
                 self.hist[us.min(MAX_US)] += 1;
-                if us >= SLOW_US
-                    && let Some(slow) = &mut self.slow
-                {
-                    slow.push((t - 1, us));
+                if us >= SLOW_US && self.slow.len() < MAX_SLOW {
+                    self.slow.push(((t - 1) / 1000, us));
                 }
                 let is_response = b[2] & 0x80 != 0;
                 let rcode = b[3] & 0x0f;
@@ -544,13 +548,6 @@ impl Load {
     }
 
     fn report(self, seconds: f64) -> Report {
-        if let (Some(slow), Some(dir)) = (&self.slow, std::env::var_os("LOADGEN_SLOW")) {
-            let path = std::path::Path::new(&dir).join(format!("{}.slow", self.target.server));
-            let text: String = slow.iter().map(|(at, us)| format!("{} {us}\n", at / 1000)).collect();
-            if let Err(e) = std::fs::write(&path, text) {
-                eprintln!("loadgen: {}: {e}", path.display());
-            }
-        }
         let client_drops =
             self.drops_before.iter().map(|&(port, before)| socket_drops(port).saturating_sub(before)).sum();
         Report {
@@ -562,6 +559,7 @@ impl Load {
             client_drops,
             max_owed: self.max_owed,
             hist: self.hist,
+            slow: self.slow,
         }
     }
 }
@@ -771,7 +769,47 @@ mod tests {
             hist[us] += 1;
         }
         let received = latencies_us.len() as u64;
-        Report { seconds: 1.0, sent, received, bad: 0, nxdomain: 0, client_drops: 0, max_owed: 3, hist }
+        Report {
+            seconds: 1.0,
+            sent,
+            received,
+            bad: 0,
+            nxdomain: 0,
+            client_drops: 0,
+            max_owed: 3,
+            hist,
+            slow: Vec::new(),
+        }
+    }
+
+    /// A responder that holds every tenth query 3 ms: those answers, and no answer under
+    /// `SLOW_US`, are listed with their send times; the machine can only add to the list.
+    #[test]
+    fn slow_answers_are_listed_with_their_send_times() {
+        let responder = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let server = responder.local_addr().unwrap();
+        responder.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        let held = std::thread::spawn(move || {
+            let (mut buf, mut n, mut held) = ([0u8; 512], 0u32, 0u64);
+            while let Ok((len, peer)) = responder.recv_from(&mut buf) {
+                n += 1;
+                if n % 10 == 0 {
+                    std::thread::sleep(Duration::from_millis(3));
+                    held += 1;
+                }
+                buf[2] |= 0x80; // a response; NOERROR with no answer counts as bad, which is fine here
+                let _ = responder.send_to(&buf[..len], peer);
+            }
+            held
+        });
+        let seconds = 0.3;
+        let r = run(server, &[query("svc.test", 1)], Pace::Rate(400.0), Duration::from_secs_f64(seconds));
+        let held = held.join().unwrap();
+        assert!(held >= 10 && r.received == r.sent, "held {held}, sent {}, received {}", r.sent, r.received);
+        assert!(r.slow.iter().all(|&(_, us)| us >= SLOW_US), "{:?}", r.slow);
+        let late = r.slow.iter().filter(|&&(_, us)| us >= 2_900).count() as u64;
+        assert!(late >= held, "{late} answers of 2.9 ms or more, {held} held");
+        assert!(r.slow.iter().all(|&(at, _)| at as f64 <= seconds * 1e6), "{:?}", r.slow);
     }
 
     #[test]
