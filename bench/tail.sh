@@ -11,8 +11,10 @@
 # makes itself (its batching, a thread of its own, its start after an idle turn) shows in every
 # arrangement; one that the machine makes (a stall of CPU 0, or of the generator's CPU 1) moves
 # from run to run and from server to server. Per run: CPU 0's steal (ms) and the generator's
-# largest backlog (max_owed: queries it was late to send, so a burst when it caught up). Last,
-# each server's runs pooled per arrangement: percentiles over all their queries.
+# largest backlog (max_owed: queries it was late to send, so a burst when it caught up); and its
+# answers of 0.5 ms or more (loadgen's LOADGEN_SLOW), how many came in bursts (100 or more sent
+# with no gap of 2 ms: a stall) and what share of them: scattered slow answers are a server's own
+# cost. Last, each server's runs pooled per arrangement: percentiles over all their queries.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEERS=${BENCH_PEERS:-$ROOT/../shared/bench-peers}
@@ -35,7 +37,8 @@ for t in nsd unbound dig taskset setsid; do command -v $t >/dev/null || { echo "
 . "$ROOT/bench/procs.sh"
 GEN=$WORK/gen
 bash "$PEERS/gen-data.sh" "$GEN" >/dev/null
-mkdir -p "$WORK"/{nsd,up,ub}
+mkdir -p "$WORK"/{nsd,up,ub,slow}
+slow=$WORK/slow # each run's slow answers, one file per server, overwritten by the next run
 conf nsd.conf.in "$WORK/nsd" "$NSD_PORT" >"$WORK/nsd/nsd.conf"
 launch "$WORK/nsd" "$SRV_CPU" nsd -d -c "$WORK/nsd/nsd.conf"
 conf nsd.conf.in "$WORK/up" "$UP_PORT" >"$WORK/up/nsd.conf"
@@ -54,13 +57,21 @@ for s in nsd:$NSD_PORT:svc0.demo up:$UP_PORT:svc0.up.test ub:$UB_PORT:svc0.up.te
 done
 
 echo "# tail $(date -u +%FT%TZ), cloudmap-dns $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), runs=$RUNS duration=${DURATION}s"
-printf '| workload | rate | run | arrangement | server | lost | steal ms | max_owed | p50 ms | p90 ms | p99 ms | p99 lost=late ms | p99.9 ms |\n'
-printf '|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
-row() { # workload rate run arrangement name steal line
-    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$5" \
+printf '| workload | rate | run | arrangement | server | lost | steal ms | max_owed | p50 ms | p90 ms | p99 ms | p99 lost=late ms | p99.9 ms | answers >= 0.5 ms | bursts | in bursts |\n'
+printf '|---|---:|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+# A server's slow answers (`SENT_US LATENCY_US` lines): how many, the bursts among them (100 or
+# more, each sent within 2 ms of the one before), and the share of the answers in them.
+bursts() { # slow-file
+    sort -n "$1" | awk '
+        NR > 1 && $1 - last < 2000 { n++; last = $1; next }
+        { if (n >= 100) { b++; in_b += n } n = 1; last = $1 }
+        END { if (n >= 100) { b++; in_b += n } printf "%d | %d | %.0f%%", NR, b, NR ? 100 * in_b / NR : 0 }'
+}
+row() { # workload rate run arrangement name steal line slow-file
+    printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$1" "$2" "$3" "$4" "$5" \
         "$(echo "$7" | field lost)" "$6" "$(echo "$7" | field max_owed)" "$(echo "$7" | field p50_ms)" \
         "$(echo "$7" | field p90_ms)" "$(echo "$7" | field p99_ms)" "$(echo "$7" | field p99_sent_ms)" \
-        "$(echo "$7" | field p999_ms)"
+        "$(echo "$7" | field p999_ms)" "$(bursts "$8")"
 }
 for wl in $WORKLOADS; do
     case "$wl" in
@@ -80,16 +91,19 @@ for wl in $WORKLOADS; do
         for s in $servers; do
             name=${s%%:*} pool=$WORK/pool/$wl/alone && mkdir -p "$pool"
             s0=$(steal_ms)
-            line=$(LOADGEN_POOL=$pool "$LOADGEN" "127.0.0.1:${s##*:}" "$(queries "$wl" "$rate" "$DURATION")" "$DURATION" "$rate" "$LOAD_CPU")
-            row "$wl" "$rate" "$run" alone "$name" $(($(steal_ms) - s0)) "$line"
+            line=$(LOADGEN_POOL=$pool LOADGEN_SLOW=$slow "$LOADGEN" "127.0.0.1:${s##*:}" "$(queries "$wl" "$rate" "$DURATION")" \
+                "$DURATION" "$rate" "$LOAD_CPU")
+            row "$wl" "$rate" "$run" alone "$name" $(($(steal_ms) - s0)) "$line" "$slow/127.0.0.1:${s##*:}.slow"
         done
         for turn in $TURNS; do
             pool=$WORK/pool/$wl/turns$turn && mkdir -p "$pool"
             s0=$(steal_ms)
-            out=$(LOADGEN_POOL=$pool "$LOADGEN" "$addrs" "$(queries "$wl" "$rate" "$DURATION")" "$DURATION" "$rate" "$LOAD_CPU" "$turn")
+            out=$(LOADGEN_POOL=$pool LOADGEN_SLOW=$slow "$LOADGEN" "$addrs" "$(queries "$wl" "$rate" "$DURATION")" \
+                "$DURATION" "$rate" "$LOAD_CPU" "$turn")
             steal=$(($(steal_ms) - s0))
             for s in $servers; do
-                row "$wl" "$rate" "$run" "turns of $turn ms" "${s%%:*}" "$steal" "$(echo "$out" | grep "^server 127.0.0.1:${s##*:} ")"
+                row "$wl" "$rate" "$run" "turns of $turn ms" "${s%%:*}" "$steal" \
+                    "$(echo "$out" | grep "^server 127.0.0.1:${s##*:} ")" "$slow/127.0.0.1:${s##*:}.slow"
             done
         done
     done
