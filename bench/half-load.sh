@@ -56,28 +56,13 @@ for t in nsd unbound dig taskset setsid; do command -v $t >/dev/null || { echo "
 GEN=$WORK/gen
 bash "$PEERS/gen-data.sh" "$GEN" >/dev/null
 
-mkdir -p "$WORK"/{nsd,up,ub,cm,cmf}
-conf nsd.conf.in "$WORK/nsd" "$NSD_PORT" >"$WORK/nsd/nsd.conf"
-launch "$WORK/nsd" "$SRV_CPU" nsd -d -c "$WORK/nsd/nsd.conf"
-conf nsd.conf.in "$WORK/up" "$UP_PORT" >"$WORK/up/nsd.conf"
-launch "$WORK/up" "$LOAD_CPU" nsd -d -c "$WORK/up/nsd.conf"
-conf unbound-common.conf.in "$WORK/ub" "$UB_PORT" >"$WORK/ub/unbound-common.conf"
-conf unbound-fwd.conf.in "$WORK/ub" "$UB_PORT" >"$WORK/ub/unbound.conf"
-launch "$WORK/ub" "$SRV_CPU" unbound -d -c "$WORK/ub/unbound.conf"
-PERF_PORT=$CM_PORT PERF_MODE=zone PERF_ZONE_NAME=demo. PERF_ZONE_FILE=$GEN/demo.zone PERF_RUN_DIR=$WORK/cm \
-    launch "$WORK/cm" "$SRV_CPU" "$ROOT/bench/candidate.sh"
+start_servers
 if [ "$CONTROL" = 1 ]; then
     CLOUDMAP_DNS_BIN=$CONTROL_BIN PERF_PORT=$CM2_PORT PERF_MODE=zone PERF_ZONE_NAME=demo. PERF_ZONE_FILE=$GEN/demo.zone \
         PERF_RUN_DIR=$WORK/cm2 launch "$WORK/cm2" "$SRV_CPU" "$ROOT/bench/candidate.sh"
 fi
-PERF_PORT=$CMF_PORT PERF_MODE=fwd PERF_UPSTREAM=127.0.0.1:$UP_PORT PERF_RUN_DIR=$WORK/cmf \
-    launch "$WORK/cmf" "$SRV_CPU" "$ROOT/bench/candidate.sh"
-
-for s in nsd:$NSD_PORT:svc0.demo up:$UP_PORT:svc0.up.test ub:$UB_PORT:svc0.up.test \
-    cm:$CM_PORT:svc0.demo cmf:$CMF_PORT:svc0.up.test $([ "$CONTROL" = 1 ] && echo cm2:$CM2_PORT:svc0.demo); do
-    IFS=: read -r dir port probe <<<"$s"
-    ready "$port" "$probe" || { echo "$dir did not start" >&2; cat "$WORK/$dir/out" >&2; exit 1; }
-done
+# shellcheck disable=SC2046 # one word per server
+await_servers $(started_servers) $([ "$CONTROL" = 1 ] && echo cm2:$CM2_PORT:svc0.demo)
 
 load() { # port workload seconds rate
     "$LOADGEN" "127.0.0.1:$1" "$(queries "$2" "$4" "$3")" "$3" "$4" "$LOAD_CPU"

@@ -89,3 +89,32 @@ queries() { # workload rate seconds
 steal_ms() {
     awk -v c="cpu${SRV_CPU:-0}" -v hz="$(getconf CLK_TCK)" '$1 == c { print int($9 * 1000 / hz) }' /proc/stat
 }
+# The servers half-load.sh and tail.sh compare: NSD serving demo. and Unbound forwarding up.test.
+# to a second NSD (on LOAD_CPU), and cloudmap-dns in zone and in fwd mode (bench/candidate.sh);
+# all but the upstream on SRV_CPU. Needs GEN and NSD_PORT, UP_PORT, UB_PORT, CM_PORT, CMF_PORT.
+start_servers() {
+    mkdir -p "$WORK"/{nsd,up,ub,cm,cmf}
+    conf nsd.conf.in "$WORK/nsd" "$NSD_PORT" >"$WORK/nsd/nsd.conf"
+    launch "$WORK/nsd" "$SRV_CPU" nsd -d -c "$WORK/nsd/nsd.conf"
+    conf nsd.conf.in "$WORK/up" "$UP_PORT" >"$WORK/up/nsd.conf"
+    launch "$WORK/up" "$LOAD_CPU" nsd -d -c "$WORK/up/nsd.conf"
+    conf unbound-common.conf.in "$WORK/ub" "$UB_PORT" >"$WORK/ub/unbound-common.conf"
+    conf unbound-fwd.conf.in "$WORK/ub" "$UB_PORT" >"$WORK/ub/unbound.conf"
+    launch "$WORK/ub" "$SRV_CPU" unbound -d -c "$WORK/ub/unbound.conf"
+    PERF_PORT=$CM_PORT PERF_MODE=zone PERF_ZONE_NAME=demo. PERF_ZONE_FILE=$GEN/demo.zone PERF_RUN_DIR=$WORK/cm \
+        launch "$WORK/cm" "$SRV_CPU" "$ROOT/bench/candidate.sh"
+    PERF_PORT=$CMF_PORT PERF_MODE=fwd PERF_UPSTREAM=127.0.0.1:$UP_PORT PERF_RUN_DIR=$WORK/cmf \
+        launch "$WORK/cmf" "$SRV_CPU" "$ROOT/bench/candidate.sh"
+}
+# Waits until each `dir:port:name` answers; else prints that server's output and exits.
+await_servers() { # dir:port:name...
+    local s dir port probe
+    for s in "$@"; do
+        IFS=: read -r dir port probe <<<"$s"
+        ready "$port" "$probe" || { echo "$dir did not start" >&2; cat "$WORK/$dir/out" >&2; exit 1; }
+    done
+}
+# start_servers' servers as await_servers takes them.
+started_servers() {
+    echo "nsd:$NSD_PORT:svc0.demo up:$UP_PORT:svc0.up.test ub:$UB_PORT:svc0.up.test cm:$CM_PORT:svc0.demo cmf:$CMF_PORT:svc0.up.test"
+}

@@ -37,24 +37,11 @@ for t in nsd unbound dig taskset setsid; do command -v $t >/dev/null || { echo "
 . "$ROOT/bench/procs.sh"
 GEN=$WORK/gen
 bash "$PEERS/gen-data.sh" "$GEN" >/dev/null
-mkdir -p "$WORK"/{nsd,up,ub,slow}
+start_servers
+# shellcheck disable=SC2046 # one word per server
+await_servers $(started_servers)
 slow=$WORK/slow # each run's slow answers, one file per server, overwritten by the next run
-conf nsd.conf.in "$WORK/nsd" "$NSD_PORT" >"$WORK/nsd/nsd.conf"
-launch "$WORK/nsd" "$SRV_CPU" nsd -d -c "$WORK/nsd/nsd.conf"
-conf nsd.conf.in "$WORK/up" "$UP_PORT" >"$WORK/up/nsd.conf"
-launch "$WORK/up" "$LOAD_CPU" nsd -d -c "$WORK/up/nsd.conf"
-conf unbound-common.conf.in "$WORK/ub" "$UB_PORT" >"$WORK/ub/unbound-common.conf"
-conf unbound-fwd.conf.in "$WORK/ub" "$UB_PORT" >"$WORK/ub/unbound.conf"
-launch "$WORK/ub" "$SRV_CPU" unbound -d -c "$WORK/ub/unbound.conf"
-PERF_PORT=$CM_PORT PERF_MODE=zone PERF_ZONE_NAME=demo. PERF_ZONE_FILE=$GEN/demo.zone PERF_RUN_DIR=$WORK/cm \
-    launch "$WORK/cm" "$SRV_CPU" "$ROOT/bench/candidate.sh"
-PERF_PORT=$CMF_PORT PERF_MODE=fwd PERF_UPSTREAM=127.0.0.1:$UP_PORT PERF_RUN_DIR=$WORK/cmf \
-    launch "$WORK/cmf" "$SRV_CPU" "$ROOT/bench/candidate.sh"
-for s in nsd:$NSD_PORT:svc0.demo up:$UP_PORT:svc0.up.test ub:$UB_PORT:svc0.up.test \
-    cm:$CM_PORT:svc0.demo cmf:$CMF_PORT:svc0.up.test; do
-    IFS=: read -r dir port probe <<<"$s"
-    ready "$port" "$probe" || { echo "$dir did not start" >&2; cat "$WORK/$dir/out" >&2; exit 1; }
-done
+mkdir -p "$slow"
 
 echo "# tail $(date -u +%FT%TZ), cloudmap-dns $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), runs=$RUNS duration=${DURATION}s"
 printf '| workload | rate | run | arrangement | server | lost | steal ms | max_owed | p50 ms | p90 ms | p99 ms | p99 lost=late ms | p99.9 ms | answers >= 0.5 ms | bursts | in bursts |\n'
