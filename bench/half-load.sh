@@ -32,29 +32,18 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEERS=${BENCH_PEERS:-$ROOT/../shared/bench-peers}
-LOADGEN=$ROOT/target/release/examples/loadgen
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-8}
 TURN_MS=${TURN_MS:-20}
 SAT_TURNS=${SAT_TURNS:-10}
 WORKLOADS=${WORKLOADS:-a srv nx fwd-a fwd-miss}
-SRV_CPU=${SRV_CPU:-0}
-LOAD_CPU=${LOAD_CPU:-1}
-NSD_PORT=${NSD_PORT:-5393}
-CM_PORT=${CM_PORT:-5391}
-UB_PORT=${UB_PORT:-5394}
-CMF_PORT=${CMF_PORT:-5392}
 CM2_PORT=${CM2_PORT:-5396}
 CONTROL=${CONTROL:-0}
 CONTROL_BIN=${CONTROL_BIN:-$ROOT/target/release/cloudmap-dns}
-UP_PORT=${UP_PORT:-5395}
-for t in nsd unbound dig taskset setsid; do command -v $t >/dev/null || { echo "missing $t" >&2; exit 1; }; done
-[ -x "$LOADGEN" ] || { echo "build first: cargo build --release --bin cloudmap-dns --example load-zone --example loadgen" >&2; exit 1; }
 
 # shellcheck source=bench/procs.sh
 . "$ROOT/bench/procs.sh"
-GEN=$WORK/gen
-bash "$PEERS/gen-data.sh" "$GEN" >/dev/null
+server_settings
 
 start_servers
 if [ "$CONTROL" = 1 ]; then

@@ -89,6 +89,19 @@ queries() { # workload rate seconds
 steal_ms() {
     awk -v c="cpu${SRV_CPU:-0}" -v hz="$(getconf CLK_TCK)" '$1 == c { print int($9 * 1000 / hz) }' /proc/stat
 }
+# What start_servers needs (half-load.sh, tail.sh): its CPUs and ports (each may be set from the
+# environment), its tools, the load generator, and the harness's data in GEN. Needs ROOT, PEERS.
+server_settings() {
+    SRV_CPU=${SRV_CPU:-0} LOAD_CPU=${LOAD_CPU:-1}
+    NSD_PORT=${NSD_PORT:-5393} CM_PORT=${CM_PORT:-5391} UB_PORT=${UB_PORT:-5394}
+    CMF_PORT=${CMF_PORT:-5392} UP_PORT=${UP_PORT:-5395}
+    LOADGEN=$ROOT/target/release/examples/loadgen
+    local t
+    for t in nsd unbound dig taskset setsid; do command -v $t >/dev/null || { echo "missing $t" >&2; exit 1; }; done
+    [ -x "$LOADGEN" ] || { echo "build first: cargo build --release --bin cloudmap-dns --example load-zone --example loadgen" >&2; exit 1; }
+    GEN=$WORK/gen
+    bash "$PEERS/gen-data.sh" "$GEN" >/dev/null
+}
 # The servers half-load.sh and tail.sh compare: NSD serving demo. and Unbound forwarding up.test.
 # to a second NSD (on LOAD_CPU), and cloudmap-dns in zone and in fwd mode (bench/candidate.sh);
 # all but the upstream on SRV_CPU. Needs GEN and NSD_PORT, UP_PORT, UB_PORT, CM_PORT, CMF_PORT.
