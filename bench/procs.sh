@@ -2,8 +2,8 @@
 # and pinned to a CPU, all stopped (and the directory removed) when the script exits; the CPU
 # time of the server on a port and the queries its sockets dropped; a registry with the demo
 # zone for aws-backend servers, and their Cloud Map call count; waiting for a server to answer,
-# and reading a field of the load generator's `key value` lines; the peers' configurations and
-# the workloads' query files (half-load.sh, tail.sh); the hypervisor's steal of the server's CPU.
+# and reading a field of the load generator's `key value` lines; the hypervisor's steal of the
+# server's CPU; and for half-load.sh and tail.sh, their settings, servers and query files.
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
