@@ -50,8 +50,8 @@ if [ "$CONTROL" = 1 ]; then
     CLOUDMAP_DNS_BIN=$CONTROL_BIN PERF_PORT=$CM2_PORT PERF_MODE=zone PERF_ZONE_NAME=demo. PERF_ZONE_FILE=$GEN/demo.zone \
         PERF_RUN_DIR=$WORK/cm2 launch "$WORK/cm2" "$SRV_CPU" "$ROOT/bench/candidate.sh"
 fi
-# shellcheck disable=SC2046 # one word per server
-await_servers $(started_servers) $([ "$CONTROL" = 1 ] && echo cm2:$CM2_PORT:svc0.demo)
+# shellcheck disable=SC2046 # the control copy, when there is one
+await_servers $([ "$CONTROL" = 1 ] && echo cm2:$CM2_PORT:svc0.demo)
 
 load() { # port workload seconds rate
     "$LOADGEN" "127.0.0.1:$1" "$(queries "$2" "$4" "$3")" "$3" "$4" "$LOAD_CPU"

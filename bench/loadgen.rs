@@ -68,10 +68,15 @@ fn main() {
     if paces.len() != 1 && paces.len() != servers.len() {
         fail("give one RATE, or one per SERVER");
     }
+    let slow_dir = std::env::var("LOADGEN_SLOW").ok().filter(|d| !d.is_empty());
     let targets: Vec<udp_load::Target> = servers
         .iter()
         .enumerate()
-        .map(|(i, &server)| udp_load::Target { server, pace: paces[i.min(paces.len() - 1)] })
+        .map(|(i, &server)| udp_load::Target {
+            server,
+            pace: paces[i.min(paces.len() - 1)],
+            list_slow: slow_dir.is_some(),
+        })
         .collect();
     if let Some(cpu) = rest.first() {
         udp_load::pin_to(cpu.parse().unwrap_or_else(|_| fail("CPU is a number")));
@@ -100,7 +105,7 @@ fn main() {
             }
         }
     }
-    if let Some(dir) = std::env::var("LOADGEN_SLOW").ok().filter(|d| !d.is_empty()) {
+    if let Some(dir) = slow_dir {
         for (target, report) in targets.iter().zip(&reports) {
             let path = std::path::Path::new(&dir).join(format!("{}.slow", target.server));
             let text: String = report.slow.iter().map(|(at, us)| format!("{at} {us}\n")).collect();

@@ -119,15 +119,13 @@ start_servers() {
     PERF_PORT=$CMF_PORT PERF_MODE=fwd PERF_UPSTREAM=127.0.0.1:$UP_PORT PERF_RUN_DIR=$WORK/cmf \
         launch "$WORK/cmf" "$SRV_CPU" "$ROOT/bench/candidate.sh"
 }
-# Waits until each `dir:port:name` answers; else prints that server's output and exits.
-await_servers() { # dir:port:name...
+# Waits until start_servers' servers, and each `dir:port:name` given, answer; else prints that
+# server's output and exits.
+await_servers() { # [dir:port:name...]
     local s dir port probe
-    for s in "$@"; do
+    for s in nsd:$NSD_PORT:svc0.demo up:$UP_PORT:svc0.up.test ub:$UB_PORT:svc0.up.test \
+        cm:$CM_PORT:svc0.demo cmf:$CMF_PORT:svc0.up.test "$@"; do
         IFS=: read -r dir port probe <<<"$s"
         ready "$port" "$probe" || { echo "$dir did not start" >&2; cat "$WORK/$dir/out" >&2; exit 1; }
     done
-}
-# start_servers' servers as await_servers takes them.
-started_servers() {
-    echo "nsd:$NSD_PORT:svc0.demo up:$UP_PORT:svc0.up.test ub:$UB_PORT:svc0.up.test cm:$CM_PORT:svc0.demo cmf:$CMF_PORT:svc0.up.test"
 }

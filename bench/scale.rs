@@ -317,7 +317,8 @@ fn compare_answer_paths(what: &str, servers: [&Server; 2], names: [&[String]; 2]
         }
     }
     let queries = names.map(queries);
-    let targets = servers.map(|s| udp_load::Target { server: s.dns, pace: Pace::Window(200) });
+    let targets =
+        servers.map(|s| udp_load::Target { server: s.dns, pace: Pace::Window(200), list_slow: false });
     let watched = servers.map(|s| (s.dns.port(), s.child.id()));
     let load = std::thread::spawn(move || {
         if pinned {

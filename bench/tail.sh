@@ -27,8 +27,7 @@ TURNS=${TURNS:-20 200}
 . "$ROOT/bench/procs.sh"
 server_settings
 start_servers
-# shellcheck disable=SC2046 # one word per server
-await_servers $(started_servers)
+await_servers
 slow=$WORK/slow # each run's slow answers, one file per server, overwritten by the next run
 mkdir -p "$slow"
 

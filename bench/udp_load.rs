@@ -42,8 +42,8 @@ pub struct Report {
     /// fell behind sends them back to back, a burst above the nominal rate.
     pub max_owed: u64,
     hist: Vec<u64>,
-    /// The answers that took `SLOW_US` or more: (sent, µs since the run began; latency, µs), in
-    /// the order they came. Whether a tail is scattered answers or bursts of them (a stall).
+    /// With `Target::list_slow`, the answers that took `SLOW_US` or more: (sent, µs since the run
+    /// began; latency, µs), in the order they came. Whether a tail is scattered answers or bursts of them (a stall).
     /// Not kept by `to_text`; merged reports hold each run's, timed from its own start.
     pub slow: Vec<(u64, usize)>,
 }
@@ -274,7 +274,8 @@ impl Batch {
 /// Runs queries (round robin over `queries`) at `server` for `duration`, then waits up to
 /// 500 ms for late answers.
 pub fn run(server: SocketAddr, queries: &[Vec<u8>], pace: Pace, duration: Duration) -> Report {
-    let mut reports = run_interleaved(&[Target { server, pace }], queries, duration, duration);
+    let mut reports =
+        run_interleaved(&[Target { server, pace, list_slow: false }], queries, duration, duration);
     reports.pop().expect("one report per target")
 }
 
@@ -283,6 +284,8 @@ pub fn run(server: SocketAddr, queries: &[Vec<u8>], pace: Pace, duration: Durati
 pub struct Target {
     pub server: SocketAddr,
     pub pace: Pace,
+    /// Keep `Report::slow` (off, nothing is kept: at saturation nearly every answer is slow).
+    pub list_slow: bool,
 }
 
 /// Loads several servers in turn: `slice` of load for each, round robin, until each has had
@@ -517,7 +520,7 @@ impl Load {
                 self.received += 1;
                 let us = ((at - t) / 1000) as usize;
                 self.hist[us.min(MAX_US)] += 1;
-                if us >= SLOW_US && self.slow.len() < MAX_SLOW {
+                if us >= SLOW_US && self.target.list_slow && self.slow.len() < MAX_SLOW {
                     self.slow.push(((t - 1) / 1000, us));
                 }
                 let is_response = b[2] & 0x80 != 0;
@@ -803,7 +806,9 @@ mod tests {
             held
         });
         let seconds = 0.3;
-        let r = run(server, &[query("svc.test", 1)], Pace::Rate(400.0), Duration::from_secs_f64(seconds));
+        let target = Target { server, pace: Pace::Rate(400.0), list_slow: true };
+        let duration = Duration::from_secs_f64(seconds);
+        let r = run_interleaved(&[target], &[query("svc.test", 1)], duration, duration).remove(0);
         let held = held.join().unwrap();
         assert!(held >= 10 && r.received == r.sent, "held {held}, sent {}, received {}", r.sent, r.received);
         assert!(r.slow.iter().all(|&(_, us)| us >= SLOW_US), "{:?}", r.slow);
