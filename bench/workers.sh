@@ -5,11 +5,14 @@
 #   cargo build --release --bin cloudmap-dns --example load-zone --example loadgen
 #   bench/workers.sh                 # ROUNDS=8 SECONDS_EACH=5 RATE=120000 LAT_RUNS=4
 #
-# Four servers (1 and 2 workers, normal and batch), all free to run on both CPUs, as a server
-# with two workers on a two-core host would be. Saturation: ROUNDS rounds, the servers in turns,
-# each loaded SECONDS_EACH s closed loop (200 queries in flight) by the generator, also unpinned;
-# q/s, the server's CPU per query, and its threads' context switches per query; medians, and
-# each against 1 worker under the normal policy. Latency: LAT_RUNS runs open loop at RATE q/s,
+# Five servers (1 and 2 workers, normal and batch, and a second 1-worker normal one, the control:
+# two identical servers, whose ratio is this machine's noise), all free to run on both CPUs, as a
+# server with two workers on a two-core host would be. Saturation: ROUNDS rounds, the servers in
+# turns (each round starting one further along, so that none always follows the same one), each
+# loaded SECONDS_EACH s closed loop (200 queries in flight) by the generator, also unpinned; q/s,
+# the server's CPU per query, and its threads' context switches per query; medians, and each
+# against 1 worker under the normal policy in the same round (median and range of the rounds'
+# ratios). Latency: LAT_RUNS runs open loop at RATE q/s,
 # the generator pinned to CPU 1 and loading the servers in 20 ms turns; percentiles pooled over
 # every query of a server's runs. On a two-core machine the generator shares a core with the
 # second worker's thread: that, not the server, is what the policies differ in here.
@@ -31,9 +34,9 @@ GEN=$WORK/gen
 bash "$PEERS/gen-data.sh" "$GEN" >/dev/null
 QUERIES=$GEN/q-demo-a.txt
 
-SERVERS=("1 normal" "2 normal" "1 batch" "2 batch")
+SERVERS=("1 normal" "2 normal" "1 batch" "2 batch" "1 normal control")
 for i in "${!SERVERS[@]}"; do
-    read -r workers policy <<<"${SERVERS[$i]}"
+    read -r workers policy _ <<<"${SERVERS[$i]}"
     CLOUDMAP_DNS_UDP_WORKERS=$workers CLOUDMAP_DNS_UDP_SCHEDULING=$policy PERF_PORT=$((BASE_PORT + i)) \
         PERF_MODE=zone PERF_ZONE_NAME=demo. PERF_ZONE_FILE=$GEN/demo.zone PERF_RUN_DIR=$WORK/s$i \
         launch "$WORK/s$i" 0,1 "$ROOT/bench/candidate.sh"
@@ -42,44 +45,58 @@ for i in "${!SERVERS[@]}"; do
     ready $((BASE_PORT + i)) svc0.demo || { echo "server ${SERVERS[$i]} did not start" >&2; cat "$WORK/s$i/out" >&2; exit 1; }
 done
 
-# Context switches of the threads of the processes that hold a UDP port.
+# Context switches of the UDP threads (named dns-udp) of the server that holds a UDP port; the
+# other threads come and go (tokio's blocking pool), and would take their counts with them.
 switches() { # port
-    local n=0 p
+    local n=0 p t
     for p in $(ss -lunpH "sport = :$1" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
-        n=$((n + $(cat /proc/"$p"/task/*/status | awk '/ctxt_switches/ { s += $2 } END { print s }')))
+        for t in /proc/"$p"/task/*; do
+            [ "$(cat "$t/comm" 2>/dev/null)" = dns-udp ] || continue
+            n=$((n + $(awk '/ctxt_switches/ { s += $2 } END { print s + 0 }' "$t/status" 2>/dev/null || echo 0)))
+        done
     done
     echo "$n"
 }
 
 echo "cloudmap-dns $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?'), $(date -u '+%F %H:%M') UTC, $(nproc) CPUs"
 ROWS=$WORK/rows
+N=${#SERVERS[@]}
 for r in $(seq "$ROUNDS"); do
-    for i in "${!SERVERS[@]}"; do
+    for k in $(seq 0 $((N - 1))); do
+        i=$(((k + r - 1) % N))
         port=$((BASE_PORT + i))
         c0=$(cpu_ms $port) s0=$(switches $port)
         out=$("$LOADGEN" 127.0.0.1:$port "$QUERIES" "$SECONDS_EACH" max)
         c1=$(cpu_ms $port) s1=$(switches $port)
         qps=$(field qps <<<"$out") lost=$(field lost <<<"$out")
-        awk -v r="$r" -v s="${SERVERS[$i]}" -v q="$qps" -v c=$((c1 - c0)) -v n=$((s1 - s0)) -v t="$SECONDS_EACH" -v l="$lost" \
-            'BEGIN { printf "round %d  %s  %.0f q/s  %.2f us/q  %.4f switches/q  lost %s\n", r, s, q, c * 1000 / (q * t), n / (q * t), l }' |
-            tee -a "$ROWS"
+        # A row: round, server index, q/s, us of CPU per query, context switches per query.
+        awk -v r="$r" -v i="$i" -v q="$qps" -v c=$((c1 - c0)) -v n=$((s1 - s0)) -v t="$SECONDS_EACH" \
+            'BEGIN { printf "%d %d %.0f %.3f %.5f\n", r, i, q, c * 1000 / (q * t), n / (q * t) }' >>"$ROWS"
+        read -r _ _ q c n < <(tail -n 1 "$ROWS")
+        printf 'round %d  %-16s  %s q/s  %s us/q  %s switches/q  lost %s\n' "$r" "${SERVERS[$i]}" "$q" "$c" "$n" "$lost"
     done
 done
 echo
-echo "| workers, udp_scheduling | q/s, median (range) | CPU per query | context switches per query | vs 1, normal |"
+echo "| workers, udp_scheduling | q/s, median (range) | CPU per query | context switches per query | vs 1, normal, same round: median (range) |"
 echo "|---|---|---|---|---|"
-awk '{ k = $3 " " $4; q[k] = q[k] " " $5; c[k] = c[k] " " $7; s[k] = s[k] " " $9; if (!(k in seen)) { seen[k] = 1; order[++n] = k } }
+names=$(printf '%s,' "${SERVERS[@]}")
+awk -v names="${names%,}" '
     function median(list,   a, m, i, j, t) {
         m = split(list, a, " ")
         for (i = 2; i <= m; i++) { t = a[i]; for (j = i - 1; j >= 1 && a[j] + 0 > t + 0; j--) a[j + 1] = a[j]; a[j + 1] = t }
         lo = a[1]; hi = a[m]
         return m % 2 ? a[(m + 1) / 2] : (a[m / 2] + a[m / 2 + 1]) / 2
     }
+    { q[$2] = q[$2] " " $3; c[$2] = c[$2] " " $4; s[$2] = s[$2] " " $5; at[$1, $2] = $3; rounds[$1] = 1 }
     END {
-        for (i = 1; i <= n; i++) {
-            k = order[i]; mq = median(q[k]); l = lo; h = hi
-            if (i == 1) base = mq
-            printf "| %s | %.0f (%.0f-%.0f) | %.2f us | %.4f | %.3f |\n", k, mq, l, h, median(c[k]), median(s[k]), mq / base
+        n = split(names, name, ",")
+        for (i = 0; i < n; i++) {
+            ratios = ""
+            for (r in rounds) if (at[r, 0] > 0) ratios = ratios " " at[r, i] / at[r, 0]
+            mr = median(ratios); rl = lo; rh = hi
+            mq = median(q[i]); ql = lo; qh = hi
+            mc = median(c[i]); ms = median(s[i])
+            printf "| %s | %.0f (%.0f-%.0f) | %.2f us | %.4f | %.3f (%.3f-%.3f) |\n", name[i + 1], mq, ql, qh, mc, ms, mr, rl, rh
         }
     }' "$ROWS"
 
