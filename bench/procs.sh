@@ -3,7 +3,8 @@
 # time of the server on a port and the queries its sockets dropped; a registry with the demo
 # zone for aws-backend servers, and their Cloud Map call count; waiting for a server to answer,
 # and reading a field of the load generator's `key value` lines; the hypervisor's steal of the
-# server's CPU; and for half-load.sh and tail.sh, their settings, servers and query files.
+# server's CPU; the peers' configurations from the harness's templates (workers.sh's NSD too);
+# and for half-load.sh and tail.sh, their settings, servers and query files.
 WORK=$(mktemp -d)
 PIDS=()
 cleanup() {
