@@ -20,10 +20,14 @@ launch() { # dir cpu command... (output to dir/out)
     setsid taskset -c "$cpu" "$@" >"$dir/out" 2>&1 &
     PIDS+=($!)
 }
+# The processes that hold a UDP port (a server's, NSD's several).
+port_pids() { # port
+    ss -lunpH "sport = :$1" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u
+}
 # CPU time (ms) of the processes that hold a UDP port: a server's own, whatever else shares its CPU.
 cpu_ms() { # port
     local t=0 p
-    for p in $(ss -lunpH "sport = :$1" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
+    for p in $(port_pids "$1"); do
         # utime + stime, counted after the command name (NSD's have spaces in them).
         t=$((t + $(sed 's/.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
     done

@@ -43,8 +43,9 @@ pub struct Report {
     pub max_owed: u64,
     hist: Vec<u64>,
     /// With `Target::list_slow`, the answers that took `SLOW_US` or more: (sent, µs since the run
-    /// began; latency, µs), in the order they came. Whether a tail is scattered answers or bursts of them (a stall).
-    /// Not kept by `to_text`; merged reports hold each run's, timed from its own start.
+    /// began; latency, µs), in the order they came: whether a tail is scattered answers or
+    /// bursts of them (a stall). Not kept by `to_text`; merged reports hold each run's, timed
+    /// from its own start.
     pub slow: Vec<(u64, usize)>,
 }
 

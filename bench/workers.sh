@@ -66,7 +66,7 @@ done
 # would take their counts with them), NSD's server processes (one thread each).
 switches() { # port
     local n=0 p t
-    for p in $(ss -lunpH "sport = :$1" | grep -o 'pid=[0-9]*' | cut -d= -f2 | sort -u); do
+    for p in $(port_pids "$1"); do
         for t in /proc/"$p"/task/*; do
             case $(cat "$t/comm" 2>/dev/null) in dns-udp | "nsd: server"*) ;; *) continue ;; esac
             n=$((n + $(awk '/ctxt_switches/ { s += $2 } END { print s + 0 }' "$t/status" 2>/dev/null || echo 0)))
