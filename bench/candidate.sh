@@ -20,8 +20,9 @@ CONF=$PERF_RUN_DIR/cloudmap-dns.toml
 # The demo zone holds 3,200 instances: above Cloud Map's default 2,000 per namespace.
 # CLOUDMAP_DNS_UDP_WORKERS: UDP sockets (SO_REUSEPORT) per listener; default one per CPU.
 # CLOUDMAP_DNS_UDP_SCHEDULING: dns.udp_scheduling, normal (default) or batch.
-printf '[dns]\nudp_workers = %s\nudp_scheduling = "%s"\n[registry.quotas]\ninstances_per_namespace = 100000\n[log]\nlevel = "warn"\n' \
-    "${CLOUDMAP_DNS_UDP_WORKERS:-0}" "${CLOUDMAP_DNS_UDP_SCHEDULING:-normal}" >"$CONF"
+# CLOUDMAP_DNS_UDP_STEERING: dns.udp_steering, cpu (default) or hash.
+printf '[dns]\nudp_workers = %s\nudp_scheduling = "%s"\nudp_steering = "%s"\n[registry.quotas]\ninstances_per_namespace = 100000\n[log]\nlevel = "warn"\n' \
+    "${CLOUDMAP_DNS_UDP_WORKERS:-0}" "${CLOUDMAP_DNS_UDP_SCHEDULING:-normal}" "${CLOUDMAP_DNS_UDP_STEERING:-cpu}" >"$CONF"
 common=(--config "$CONF" --data-dir "$DATA" --metrics-listen 127.0.0.1:0 --api-listen 127.0.0.1:0)
 
 if [ "$PERF_MODE" = zone ]; then

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# One UDP worker against two, under each `dns.udp_scheduling`, on the harness's demo. zone
-# (../shared/bench-peers: 1,000 names x 3 A), in one run (bench/README.md, *Multi-core*).
+# One UDP worker against two, by `dns.udp_steering` and `dns.udp_scheduling`, on the harness's
+# demo. zone (../shared/bench-peers: 1,000 names x 3 A), in one run (bench/README.md, *Multi-core*).
 #
 #   cargo build --release --bin cloudmap-dns --example load-zone --example loadgen
 #   bench/workers.sh                 # ROUNDS=8 SECONDS_EACH=5 RATE=120000 LAT_RUNS=4
 #
-# Five cloudmap-dns servers (1 and 2 workers, normal and batch, and a second 1-worker normal one,
-# the control: two identical servers, whose ratio is this machine's noise), and NSD, the peer,
-# with one server process and with two (`server-count: 2`, `reuseport: yes`: a socket each), all
-# free to run on both CPUs, as a server with two workers on a two-core host would be.
+# Five cloudmap-dns servers (1 and 2 workers under the defaults, steering by CPU; 2 workers
+# steered by the kernel's hash under each scheduling policy, normal and batch; and a second
+# 1-worker server, the control: two identical servers, whose ratio is this machine's noise), and
+# NSD, the peer, with one server process and with two (`server-count: 2`, `reuseport: yes`: a
+# socket each), all free to run on both CPUs, as a server with two workers on a two-core host
+# would be.
 # Saturation: ROUNDS rounds, the servers in turns (each round starting one further along, so
 # that none always follows the same one), each loaded SECONDS_EACH s closed loop (200 queries in
 # flight) by the generator, also unpinned; q/s, the server's CPU per query, and its threads'
@@ -16,8 +18,9 @@
 # process): the ratio of their medians, and the median and range of the rounds' ratios.
 # Latency: LAT_RUNS runs open loop at RATE q/s, the generator pinned to CPU 1 and loading the
 # servers in 20 ms turns; percentiles pooled over every query of a server's runs. On a two-core
-# machine the generator shares a core with the second worker: that, not the server, is what the
-# policies differ in here, and what NSD's two processes meet too.
+# machine the generator shares a core with a second busy worker: that, not the server, is what
+# the policies differ in here, and what NSD's two processes meet too. Steered by CPU, the
+# generator's queries (all received on its CPU, loopback) go to one worker, and the other sleeps.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PEERS=${BENCH_PEERS:-$ROOT/../shared/bench-peers}
@@ -37,7 +40,7 @@ bash "$PEERS/gen-data.sh" "$GEN" >/dev/null
 QUERIES=$GEN/q-demo-a.txt
 
 # Each: its name in the tables, and the index of the server its ratio is taken against.
-SERVERS=("1 normal" "2 normal" "1 batch" "2 batch" "1 normal control" "NSD, 1 process" "NSD, 2 processes")
+SERVERS=("1 normal" "2 normal" "2 normal hash" "2 batch hash" "1 normal control" "NSD, 1 process" "NSD, 2 processes")
 BASE=(0 0 0 0 0 5 5)
 for i in "${!SERVERS[@]}"; do
     case ${SERVERS[$i]} in
@@ -50,8 +53,9 @@ for i in "${!SERVERS[@]}"; do
         launch "$WORK/s$i" 0,1 nsd -d -c "$WORK/s$i/nsd.conf"
         ;;
     *)
-        read -r workers policy _ <<<"${SERVERS[$i]}"
-        CLOUDMAP_DNS_UDP_WORKERS=$workers CLOUDMAP_DNS_UDP_SCHEDULING=$policy PERF_PORT=$((BASE_PORT + i)) \
+        read -r workers policy steering <<<"${SERVERS[$i]}"
+        [ "$steering" = hash ] || steering=cpu
+        CLOUDMAP_DNS_UDP_WORKERS=$workers CLOUDMAP_DNS_UDP_SCHEDULING=$policy CLOUDMAP_DNS_UDP_STEERING=$steering PERF_PORT=$((BASE_PORT + i)) \
             PERF_MODE=zone PERF_ZONE_NAME=demo. PERF_ZONE_FILE=$GEN/demo.zone PERF_RUN_DIR=$WORK/s$i \
             launch "$WORK/s$i" 0,1 "$ROOT/bench/candidate.sh"
         ;;

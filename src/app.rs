@@ -149,7 +149,7 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
         Arc::new(Forwarder::new(&upstreams, &fallthrough, config.forward_settings()))
     });
     let engine = Arc::new(Engine::new(cache.clone(), forwarder.clone(), engine_settings(&config)));
-    let listeners = Listeners::bind(&config.dns.listen, config.dns.udp_workers)
+    let listeners = Listeners::bind(&config.dns.listen, config.dns.udp_workers, config.dns.udp_steering)
         .await
         .with_context(|| format!("cannot listen for DNS on {:?}", config.dns.listen))?;
     let dns_addrs = listeners.addrs();

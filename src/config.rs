@@ -76,6 +76,8 @@ pub struct DnsConfig {
     pub udp_workers: usize,
     /// How the UDP threads are scheduled (Linux).
     pub udp_scheduling: UdpScheduling,
+    /// Which of a listener's UDP sockets a query goes to (Linux, with several workers).
+    pub udp_steering: UdpSteering,
     /// Bound on the pre-encoded answer cache (entries).
     pub max_cached_answers: usize,
     /// Clients allowed to query the namespace zones (networks); others get REFUSED.
@@ -98,6 +100,7 @@ impl Default for DnsConfig {
             tcp_max_connections: 1024,
             udp_workers: 0,
             udp_scheduling: UdpScheduling::Normal,
+            udp_steering: UdpSteering::Cpu,
             max_cached_answers: 100_000,
             allow_query: crate::acl::loopback(),
             rate_limit: RateLimitConfig::default(),
@@ -290,6 +293,19 @@ pub enum UdpScheduling {
     /// cores, each wake-up then takes a larger batch (more answers per CPU-second), and a query
     /// can wait up to a slice (milliseconds) more.
     Batch,
+}
+
+/// How the kernel picks which of a listener's UDP sockets (workers) a datagram goes to.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UdpSteering {
+    /// The socket of the CPU that received the datagram (its NIC queue's, or on loopback the
+    /// sender's), modulo the workers: a classic BPF program on the SO_REUSEPORT group. Clients
+    /// that share one CPU are answered by one worker rather than split over several, which on a
+    /// host whose cores are busy would then take turns with the clients.
+    Cpu,
+    /// The kernel's default: a hash of the client's address and port.
+    Hash,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, clap::ValueEnum)]
@@ -732,6 +748,16 @@ mod tests {
         let err = toml::from_str::<Config>("[dns]\nudp_scheduling = \"fifo\"\n").unwrap_err();
         let text = err.to_string();
         assert!(text.contains("udp_scheduling") && text.contains("expected `normal` or `batch`"), "{text}");
+    }
+
+    #[test]
+    fn udp_steering_takes_cpu_or_hash_and_is_cpu_by_default() {
+        assert_eq!(Config::default().dns.udp_steering, UdpSteering::Cpu);
+        let c = toml::from_str::<Config>("[dns]\nudp_steering = \"hash\"\n").unwrap();
+        assert_eq!(c.dns.udp_steering, UdpSteering::Hash);
+        let err = toml::from_str::<Config>("[dns]\nudp_steering = \"random\"\n").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("udp_steering") && text.contains("expected `cpu` or `hash`"), "{text}");
     }
 
     #[test]

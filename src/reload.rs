@@ -77,6 +77,7 @@ fn restart_keys(a: &Config, b: &Config) -> Vec<&'static str> {
         ("dns.tcp_max_connections", a.dns.tcp_max_connections != b.dns.tcp_max_connections),
         ("dns.udp_workers", a.dns.udp_workers != b.dns.udp_workers),
         ("dns.udp_scheduling", a.dns.udp_scheduling != b.dns.udp_scheduling),
+        ("dns.udp_steering", a.dns.udp_steering != b.dns.udp_steering),
         ("backend.kind", a.backend.kind != b.backend.kind),
         ("backend.call_timeout_ms", a.backend.call_timeout_ms != b.backend.call_timeout_ms),
         ("backend.endpoint_url", a.backend.endpoint_url != b.backend.endpoint_url),

@@ -18,9 +18,14 @@ fn udp_sockets_on(port: u16) -> usize {
 }
 
 fn start_with_workers(workers: usize) -> (Server, tempfile::TempDir) {
+    start_with_dns_config(&format!("udp_workers = {workers}"))
+}
+
+/// A demo server with these lines in its `[dns]` table.
+fn start_with_dns_config(lines: &str) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("c.toml");
-    std::fs::write(&config, format!("[dns]\nudp_workers = {workers}\n")).unwrap();
+    std::fs::write(&config, format!("[dns]\n{lines}\n")).unwrap();
     (Server::start(&["--config", config.to_str().unwrap(), "--demo"]), dir)
 }
 
@@ -30,14 +35,14 @@ fn cpus() -> usize {
 
 #[test]
 fn every_worker_socket_answers() {
-    let (server, _dir) = start_with_workers(4);
+    let (server, _dir) = start_with_dns_config("udp_workers = 4\nudp_steering = \"hash\"");
     assert_eq!(
         udp_sockets_on(server.dns.port()),
         4.min(cpus()),
         "the sockets share the port, one per CPU at most"
     );
-    // The kernel spreads clients over the sockets by address and port: from many client ports,
-    // every query is answered only if every socket is read.
+    // The kernel's hash spreads clients over the sockets by address and port: from many client
+    // ports, every query is answered only if every socket is read.
     for i in 0..64u16 {
         let packet = query_with("orders.demo", A, &Q { id: i, ..Q::default() });
         let r = udp_raw(server.dns, &packet, Duration::from_secs(2))
@@ -93,14 +98,6 @@ fn udp_threads(server: &Server) -> usize {
     thread_names(server).iter().filter(|n| *n == "dns-udp").count()
 }
 
-/// The first CPU this test may run on, from /proc/self/status.
-#[cfg(target_os = "linux")]
-fn a_cpu_of_ours() -> usize {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap();
-    list.trim().split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
-}
-
 /// Each UDP socket bound to an address is read by a thread of its own, named `dns-udp`, while
 /// there are CPUs for them.
 #[cfg(target_os = "linux")]
@@ -127,7 +124,7 @@ fn on_one_cpu_one_thread_reads_every_listener() {
     let config = dir.path().join("c.toml");
     std::fs::write(&config, "[dns]\nudp_workers = 4\n").unwrap();
     let extra = ["--config", config.to_str().unwrap(), "--demo", "--dns-listen", "127.0.0.2:0"];
-    let server = Server::start_on_cpu(a_cpu_of_ours(), &extra);
+    let server = Server::start_on_cpu(our_cpus()[0], &extra);
     assert_eq!(udp_sockets_on(server.dns.port()), 1, "one socket per listener on one CPU");
     let log = server.log_text();
     assert!(log.contains("dns.udp_workers is 4: 1 per listener"), "the cap is logged:\n{log}");
@@ -147,6 +144,86 @@ fn on_one_cpu_one_thread_reads_every_listener() {
         }
     }
     assert_eq!(udp_threads(&server), 1, "one CPU, one UDP thread: {:?}", thread_names(&server));
+}
+
+/// Voluntary context switches of each `dns-udp` thread, by thread id: a thread blocked in
+/// `recvmmsg` switches once per wake-up, so these count the wake-ups of each worker.
+#[cfg(target_os = "linux")]
+fn udp_thread_wakeups(server: &Server) -> std::collections::BTreeMap<String, u64> {
+    std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
+        .unwrap()
+        .filter_map(|t| {
+            let path = t.ok()?.path();
+            (std::fs::read_to_string(path.join("comm")).ok()?.trim() == "dns-udp").then_some(())?;
+            let status = std::fs::read_to_string(path.join("status")).ok()?;
+            let n = status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?;
+            Some((path.file_name()?.to_string_lossy().into_owned(), n.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// CPUs this test may run on, from /proc/self/status (`0-3,6` form).
+#[cfg(target_os = "linux")]
+fn our_cpus() -> Vec<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let list = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:")).unwrap();
+    let mut cpus = Vec::new();
+    for range in list.trim().split(',') {
+        let (from, to) = range.split_once('-').unwrap_or((range, range));
+        cpus.extend(from.parse::<usize>().unwrap()..=to.parse::<usize>().unwrap());
+    }
+    cpus
+}
+
+/// By default (`dns.udp_steering = "cpu"`) the queries received on one CPU, from any number of
+/// client ports, go to one worker socket, and so wake one UDP thread: a client pinned to one CPU
+/// wakes one thread for each of its queries and the other not at all (but for its 100 ms check
+/// whether to stop); pinned to another CPU, the other. The kernel's hash would wake both.
+#[cfg(target_os = "linux")]
+#[test]
+fn queries_received_on_one_cpu_wake_one_udp_thread() {
+    const QUERIES: u64 = 200;
+    let cpus = our_cpus();
+    if cpus.len() < 2 {
+        eprintln!("one CPU: one worker, nothing to steer (the unit test covers the mechanism)");
+        return;
+    }
+    let (server, _dir) = start_with_workers(2);
+    // Answered: the listeners' threads are running.
+    assert_eq!(a(&parse(&udp(server.dns, &query("orders.demo", A)))).len(), 2);
+    assert_eq!(udp_threads(&server), 2, "{:?}", thread_names(&server));
+    let mut busiest = Vec::new();
+    for cpu in [cpus[0], cpus[1]] {
+        let before = udp_thread_wakeups(&server);
+        let dns = server.dns;
+        std::thread::spawn(move || {
+            // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+            }
+            for i in 0..QUERIES as u16 {
+                // A new client socket (source port) for each query.
+                let packet = query_with("orders.demo", A, &Q { id: i, ..Q::default() });
+                let r = udp_raw(dns, &packet, Duration::from_secs(2)).expect("answered");
+                assert_eq!(a(&parse(&r)).len(), 2);
+            }
+        })
+        .join()
+        .unwrap();
+        let after = udp_thread_wakeups(&server);
+        let mut woken: Vec<(u64, String)> =
+            after.iter().map(|(tid, n)| (n - before.get(tid).copied().unwrap_or(0), tid.clone())).collect();
+        woken.sort();
+        let [(idle, _), (busy, busy_tid)] = &woken[..] else { panic!("two UDP threads: {woken:?}") };
+        assert!(
+            *busy >= QUERIES / 2 && *idle <= QUERIES / 10,
+            "from CPU {cpu}, one thread takes every query: wake-ups {woken:?}"
+        );
+        busiest.push(busy_tid.clone());
+    }
+    assert_ne!(busiest[0], busiest[1], "each CPU's queries go to a socket of its own");
 }
 
 /// `dns.udp_scheduling = "batch"` puts the UDP threads, and only them, under SCHED_BATCH, and

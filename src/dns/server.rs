@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use super::engine::{Engine, Fast, Received, Transport};
 use super::ratelimit::{RateLimiter, Verdict};
-use crate::config::UdpScheduling;
+use crate::config::{UdpScheduling, UdpSteering};
 use crate::metrics;
 use arc_swap::ArcSwapOption;
 
@@ -94,7 +94,11 @@ impl Listeners {
     /// socket's receive queue is shared. Each is read by a loop of its own (`spawn`). More
     /// sockets than CPUs would only split the queries into smaller batches, and their loops
     /// would take turns on a core (bench/README.md, *Multi-core*).
-    pub async fn bind(addrs: &[SocketAddr], udp_workers: usize) -> std::io::Result<Listeners> {
+    pub async fn bind(
+        addrs: &[SocketAddr],
+        udp_workers: usize,
+        steering: UdpSteering,
+    ) -> std::io::Result<Listeners> {
         let cpus = usable_cpus();
         let workers = match udp_workers {
             0 => cpus,
@@ -112,6 +116,15 @@ impl Listeners {
         for addr in addrs {
             let (udp, tcp) = bind_group(*addr, workers).await?;
             let bound = udp[0].local_addr()?;
+            if udp.len() > 1
+                && steering == UdpSteering::Cpu
+                && let Err(error) = steer_by_cpu(&udp[0], udp.len())
+            {
+                tracing::warn!(
+                    %error,
+                    "cannot steer UDP queries by CPU (dns.udp_steering): the kernel's hash of the client spreads them"
+                );
+            }
             tracing::info!(addr = %bound, workers = udp.len(), "listening for DNS on UDP {bound}");
             tracing::info!(addr = %bound, "listening for DNS on TCP {bound}");
             l.udp.extend(udp);
@@ -200,6 +213,43 @@ fn socket_buffers(s: &socket2::Socket) {
     {
         let _ = s.set_recv_buffer_size(UDP_RECV_BUFFER);
         let _ = s.set_send_buffer_size(UDP_SEND_BUFFER);
+    }
+}
+
+/// Sends each datagram to the socket of the SO_REUSEPORT group whose index is the receiving CPU
+/// modulo the group's size (`dns.udp_steering = "cpu"`): a classic BPF program, which needs no
+/// privilege, attached to the group through any of its sockets (they join it in the order they
+/// were bound, which is the order of the workers). On loopback the receiving CPU is the
+/// sender's; from a NIC, its queue's (RSS). Where it cannot be attached (before Linux 4.5, or
+/// elsewhere) the kernel's hash of the client's address stays, which also works.
+fn steer_by_cpu(socket: &UdpSocket, sockets: usize) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::libc;
+        use std::os::fd::AsRawFd;
+        let op = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
+        let mut program = [
+            op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32),
+            op(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, sockets as u32),
+            op(libc::BPF_RET | libc::BPF_A, 0),
+        ];
+        let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_mut_ptr() };
+        // SAFETY: the program outlives the call (the kernel copies it) and its length is right.
+        let set = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ATTACH_REUSEPORT_CBPF,
+                (&fprog as *const libc::sock_fprog).cast(),
+                std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+            )
+        };
+        if set == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (socket, sockets);
+        Err(std::io::ErrorKind::Unsupported.into())
     }
 }
 
@@ -819,6 +869,53 @@ mod tests {
         assert_eq!(mode(&v4, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER), libc::IP_PMTUDISC_OMIT);
         if let Ok(v6) = udp_socket("[::1]:0".parse().unwrap(), false) {
             assert_eq!(mode(&v6, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER), libc::IPV6_PMTUDISC_OMIT);
+        }
+    }
+
+    /// With `dns.udp_steering = "cpu"` a listener's datagrams go to the socket of the CPU that
+    /// received them, CPU modulo the sockets: all those sent from one CPU, from many source
+    /// ports, land on one socket, which the kernel's hash of the source would not do.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn udp_datagrams_go_to_the_socket_of_the_cpu_that_received_them() {
+        use nix::libc;
+        const SENT: usize = 32;
+        // SAFETY: a zeroed cpu_set_t is a valid empty set, filled by the kernel.
+        let allowed = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
+            (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect::<Vec<_>>()
+        };
+        let (udp, _tcp) = bind_group("127.0.0.1:0".parse().unwrap(), 2).await.unwrap();
+        steer_by_cpu(&udp[0], udp.len()).expect("the steering program attaches");
+        let to = udp[0].local_addr().unwrap();
+        for &cpu in allowed.iter().take(4) {
+            std::thread::spawn(move || {
+                // SAFETY: as above; the set is written within its size.
+                unsafe {
+                    let mut set: libc::cpu_set_t = std::mem::zeroed();
+                    libc::CPU_SET(cpu, &mut set);
+                    assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+                }
+                for _ in 0..SENT {
+                    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                    client.send_to(b"query", to).unwrap();
+                }
+            })
+            .join()
+            .unwrap();
+            let mut got = [0usize; 2];
+            for (i, socket) in udp.iter().enumerate() {
+                let mut buf = [0u8; 16];
+                while let Ok(Ok(_)) =
+                    tokio::time::timeout(Duration::from_millis(200), socket.recv_from(&mut buf)).await
+                {
+                    got[i] += 1;
+                }
+            }
+            let mut want = [0usize; 2];
+            want[cpu % 2] = SENT;
+            assert_eq!(got, want, "datagrams per socket, sent from CPU {cpu}");
         }
     }
 }
