@@ -300,7 +300,7 @@ pub enum UdpScheduling {
 #[serde(rename_all = "lowercase")]
 pub enum UdpSteering {
     /// The socket of the CPU that received the datagram (its NIC queue's, or on loopback the
-    /// sender's), modulo the workers: a classic BPF program on the SO_REUSEPORT group. Clients
+    /// sender's): a classic BPF program on the SO_REUSEPORT group (`server::steer_by_cpu`). Clients
     /// that share one CPU are answered by one worker rather than split over several, which on a
     /// host whose cores are busy would then take turns with the clients.
     Cpu,

@@ -90,10 +90,11 @@ pub struct Listeners {
 impl Listeners {
     /// Binds UDP and TCP on every address; the OS-chosen port of `:0` is shared by both. Each
     /// address gets `udp_workers` UDP sockets, at most (and with 0, exactly) one per CPU this
-    /// process may run on, bound with SO_REUSEPORT so the kernel spreads clients over them and no
-    /// socket's receive queue is shared. Each is read by a loop of its own (`spawn`). More
-    /// sockets than CPUs would only split the queries into smaller batches, and their loops
-    /// would take turns on a core (bench/README.md, *Multi-core*).
+    /// process may run on, bound with SO_REUSEPORT so that no socket's receive queue is shared;
+    /// `steering` picks each query's socket (`steer_by_cpu`, or the kernel's hash of the client).
+    /// Each is read by a loop of its own (`spawn`). More sockets than CPUs would only split the
+    /// queries into smaller batches, and their loops would take turns on a core (bench/README.md,
+    /// *Multi-core*).
     pub async fn bind(
         addrs: &[SocketAddr],
         udp_workers: usize,
@@ -112,13 +113,17 @@ impl Listeners {
             }
             n => n,
         };
+        #[cfg(target_os = "linux")]
+        let ours = affinity();
+        #[cfg(not(target_os = "linux"))]
+        let ours = Vec::new();
         let mut l = Listeners { udp: Vec::new(), tcp: Vec::new() };
         for addr in addrs {
             let (udp, tcp) = bind_group(*addr, workers).await?;
             let bound = udp[0].local_addr()?;
             if udp.len() > 1
                 && steering == UdpSteering::Cpu
-                && let Err(error) = steer_by_cpu(&udp[0], udp.len())
+                && let Err(error) = steer_by_cpu(&udp[0], udp.len(), &ours)
             {
                 tracing::warn!(
                     %error,
@@ -216,23 +221,52 @@ fn socket_buffers(s: &socket2::Socket) {
     }
 }
 
-/// Sends each datagram to the socket of the SO_REUSEPORT group whose index is the receiving CPU
-/// modulo the group's size (`dns.udp_steering = "cpu"`): a classic BPF program, which needs no
-/// privilege, attached to the group through any of its sockets (they join it in the order they
-/// were bound, which is the order of the workers). On loopback the receiving CPU is the
-/// sender's; from a NIC, its queue's (RSS). Where it cannot be attached (before Linux 4.5, or
-/// elsewhere) the kernel's hash of the client's address stays, which also works.
-fn steer_by_cpu(socket: &UdpSocket, sockets: usize) -> std::io::Result<()> {
+/// CPUs in this process's affinity mask, in order (empty where it cannot be read).
+#[cfg(target_os = "linux")]
+fn affinity() -> Vec<usize> {
+    use nix::libc;
+    // SAFETY: a zeroed cpu_set_t is a valid empty set, filled in by the kernel within its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
+    }
+}
+
+/// Most CPUs given a socket of their own in the steering program: two instructions each, within
+/// classic BPF's 4,096.
+const STEERED_CPUS: usize = 1024;
+
+/// Sends each datagram to a socket of the SO_REUSEPORT group chosen by the CPU that received it
+/// (`dns.udp_steering = "cpu"`): the n-th CPU of `ours` (the process's affinity) to socket n
+/// modulo the group's size, any other CPU by its number modulo the size. A classic BPF program,
+/// which needs no privilege, attached to the group through any of its sockets (they join it in
+/// the order they were bound, the order of the workers). On loopback the receiving CPU is the
+/// sender's; from a NIC, its queue's (RSS). The table keeps a cpuset such as {3, 7} (siblings
+/// that Kubernetes' static CPU manager hands out) from sending both CPUs' clients to one socket
+/// by the modulo. Where it cannot be attached (before Linux 4.5, or elsewhere) the kernel's hash
+/// of the client stays, which also works.
+fn steer_by_cpu(socket: &UdpSocket, sockets: usize, ours: &[usize]) -> std::io::Result<()> {
     #[cfg(target_os = "linux")]
     {
         use nix::libc;
         use std::os::fd::AsRawFd;
-        let op = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
-        let mut program = [
-            op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32),
-            op(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, sockets as u32),
-            op(libc::BPF_RET | libc::BPF_A, 0),
-        ];
+        let op = |code: u32, jf: u8, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf, k };
+        let n = sockets as u32;
+        let mut program = vec![op(
+            libc::BPF_LD | libc::BPF_W | libc::BPF_ABS,
+            0,
+            (libc::SKF_AD_OFF + libc::SKF_AD_CPU) as u32,
+        )];
+        for (i, cpu) in ours.iter().take(STEERED_CPUS).enumerate() {
+            // if A == cpu { return i % n } (else skip the return)
+            program.push(op(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, 1, *cpu as u32));
+            program.push(op(libc::BPF_RET | libc::BPF_K, 0, i as u32 % n));
+        }
+        program.push(op(libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K, 0, n));
+        program.push(op(libc::BPF_RET | libc::BPF_A, 0, 0));
         let fprog = libc::sock_fprog { len: program.len() as u16, filter: program.as_mut_ptr() };
         // SAFETY: the program outlives the call (the kernel copies it) and its length is right.
         let set = unsafe {
@@ -248,7 +282,7 @@ fn steer_by_cpu(socket: &UdpSocket, sockets: usize) -> std::io::Result<()> {
     }
     #[cfg(not(target_os = "linux"))]
     {
-        let _ = (socket, sockets);
+        let _ = (socket, sockets, ours);
         Err(std::io::ErrorKind::Unsupported.into())
     }
 }
@@ -873,49 +907,65 @@ mod tests {
     }
 
     /// With `dns.udp_steering = "cpu"` a listener's datagrams go to the socket of the CPU that
-    /// received them, CPU modulo the sockets: all those sent from one CPU, from many source
-    /// ports, land on one socket, which the kernel's hash of the source would not do.
+    /// received them: the n-th of the process's CPUs to socket n modulo the sockets, another CPU
+    /// by its number modulo the sockets. All those sent from one CPU, from many source ports,
+    /// land on one socket, which the kernel's hash of the source would not do.
     #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn udp_datagrams_go_to_the_socket_of_the_cpu_that_received_them() {
-        use nix::libc;
-        const SENT: usize = 32;
-        // SAFETY: a zeroed cpu_set_t is a valid empty set, filled by the kernel.
-        let allowed = unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            assert_eq!(libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set), 0);
-            (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect::<Vec<_>>()
-        };
-        let (udp, _tcp) = bind_group("127.0.0.1:0".parse().unwrap(), 2).await.unwrap();
-        steer_by_cpu(&udp[0], udp.len()).expect("the steering program attaches");
-        let to = udp[0].local_addr().unwrap();
-        for &cpu in allowed.iter().take(4) {
-            std::thread::spawn(move || {
-                // SAFETY: as above; the set is written within its size.
-                unsafe {
-                    let mut set: libc::cpu_set_t = std::mem::zeroed();
-                    libc::CPU_SET(cpu, &mut set);
-                    assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
-                }
-                for _ in 0..SENT {
-                    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-                    client.send_to(b"query", to).unwrap();
-                }
-            })
-            .join()
-            .unwrap();
-            let mut got = [0usize; 2];
-            for (i, socket) in udp.iter().enumerate() {
-                let mut buf = [0u8; 16];
-                while let Ok(Ok(_)) =
-                    tokio::time::timeout(Duration::from_millis(200), socket.recv_from(&mut buf)).await
-                {
-                    got[i] += 1;
-                }
+        let cpus = affinity();
+        assert!(!cpus.is_empty());
+        let absent = nix::libc::CPU_SETSIZE as usize + 1;
+        let listed: Vec<usize> = std::iter::once(absent).chain(cpus.iter().copied()).collect();
+        for table in [listed, Vec::new()] {
+            let (udp, _tcp) = bind_group("127.0.0.1:0".parse().unwrap(), 2).await.unwrap();
+            steer_by_cpu(&udp[0], udp.len(), &table).expect("the steering program attaches");
+            for (i, &cpu) in cpus.iter().enumerate().take(4) {
+                // Listed after a CPU that is not there, the i-th of ours takes socket i + 1
+                // (modulo 2): for CPUs numbered from 0, not the one its number modulo 2 gives,
+                // which it takes unlisted.
+                let want = if table.is_empty() { cpu % 2 } else { (i + 1) % 2 };
+                let mut expected = [0usize; 2];
+                expected[want] = SENT;
+                assert_eq!(
+                    sockets_reached_from(cpu, &udp).await,
+                    expected,
+                    "sent from CPU {cpu}, table {table:?}"
+                );
             }
-            let mut want = [0usize; 2];
-            want[cpu % 2] = SENT;
-            assert_eq!(got, want, "datagrams per socket, sent from CPU {cpu}");
         }
+    }
+
+    const SENT: usize = 32;
+
+    /// Datagrams from SENT client ports, sent from `cpu`: how many each socket received.
+    #[cfg(target_os = "linux")]
+    async fn sockets_reached_from(cpu: usize, udp: &[UdpSocket]) -> [usize; 2] {
+        use nix::libc;
+        let to = udp[0].local_addr().unwrap();
+        std::thread::spawn(move || {
+            // SAFETY: a zeroed cpu_set_t is a valid empty set; CPU_SET writes within it.
+            unsafe {
+                let mut set: libc::cpu_set_t = std::mem::zeroed();
+                libc::CPU_SET(cpu, &mut set);
+                assert_eq!(libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set), 0);
+            }
+            for _ in 0..SENT {
+                let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                client.send_to(b"query", to).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+        let mut got = [0usize; 2];
+        for (i, socket) in udp.iter().enumerate() {
+            let mut buf = [0u8; 16];
+            while let Ok(Ok(_)) =
+                tokio::time::timeout(Duration::from_millis(200), socket.recv_from(&mut buf)).await
+            {
+                got[i] += 1;
+            }
+        }
+        got
     }
 }
