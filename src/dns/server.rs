@@ -936,6 +936,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_os = "linux")]
     const SENT: usize = 32;
 
     /// Datagrams from SENT client ports, sent from `cpu`: how many each socket received.
