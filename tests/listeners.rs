@@ -192,6 +192,8 @@ fn queries_received_on_one_cpu_wake_one_udp_thread() {
     // Answered: the listeners' threads are running.
     assert_eq!(a(&parse(&udp(server.dns, &query("orders.demo", A)))).len(), 2);
     assert_eq!(udp_threads(&server), 2, "{:?}", thread_names(&server));
+    let log = server.log_text();
+    assert!(log.contains("workers=2 by_cpu=true"), "the steering is logged:\n{log}");
     let mut busiest = Vec::new();
     for cpu in [cpus[0], cpus[1]] {
         let before = udp_thread_wakeups(&server);

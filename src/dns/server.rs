@@ -121,16 +121,17 @@ impl Listeners {
         for addr in addrs {
             let (udp, tcp) = bind_group(*addr, workers).await?;
             let bound = udp[0].local_addr()?;
-            if udp.len() > 1
+            let by_cpu = udp.len() > 1
                 && steering == UdpSteering::Cpu
-                && let Err(error) = steer_by_cpu(&udp[0], udp.len(), &ours)
-            {
-                tracing::warn!(
-                    %error,
-                    "cannot steer UDP queries by CPU (dns.udp_steering): the kernel's hash of the client spreads them"
-                );
-            }
-            tracing::info!(addr = %bound, workers = udp.len(), "listening for DNS on UDP {bound}");
+                && steer_by_cpu(&udp[0], udp.len(), &ours)
+                    .inspect_err(|error| {
+                        tracing::warn!(
+                            %error,
+                            "cannot steer UDP queries by CPU (dns.udp_steering): the kernel's hash of the client spreads them"
+                        )
+                    })
+                    .is_ok();
+            tracing::info!(addr = %bound, workers = udp.len(), by_cpu, "listening for DNS on UDP {bound}");
             tracing::info!(addr = %bound, "listening for DNS on TCP {bound}");
             l.udp.extend(udp);
             l.tcp.push(tcp);
