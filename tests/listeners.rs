@@ -68,12 +68,18 @@ fn a_taken_port_is_refused_not_shared() {
     assert_eq!(udp_sockets_on(addr.port()), 2.min(cpus()), "the first server's group is unchanged");
 }
 
+/// The server's threads' /proc/PID/task/TID directories.
+#[cfg(target_os = "linux")]
+fn thread_dirs(server: &Server) -> impl Iterator<Item = std::path::PathBuf> {
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", server.child.id())).unwrap();
+    tasks.filter_map(|t| Some(t.ok()?.path()))
+}
+
 /// Names of the server's threads.
 #[cfg(target_os = "linux")]
 fn thread_names(server: &Server) -> Vec<String> {
-    std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+    thread_dirs(server)
+        .filter_map(|t| std::fs::read_to_string(t.join("comm")).ok())
         .map(|n| n.trim().to_string())
         .collect()
 }
@@ -82,9 +88,8 @@ fn thread_names(server: &Server) -> Vec<String> {
 /// /proc/PID/task/TID/stat: the policy is the 41st field, the 39th after the name's `)`.
 #[cfg(target_os = "linux")]
 fn thread_policies(server: &Server) -> Vec<(String, u32)> {
-    std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+    thread_dirs(server)
+        .filter_map(|t| std::fs::read_to_string(t.join("stat")).ok())
         .map(|stat| {
             let (head, rest) = stat.rsplit_once(')').unwrap();
             let name = head.split_once('(').unwrap().1.to_string();
@@ -150,10 +155,8 @@ fn on_one_cpu_one_thread_reads_every_listener() {
 /// `recvmmsg` switches once per wake-up, so these count the wake-ups of each worker.
 #[cfg(target_os = "linux")]
 fn udp_thread_wakeups(server: &Server) -> std::collections::BTreeMap<String, u64> {
-    std::fs::read_dir(format!("/proc/{}/task", server.child.id()))
-        .unwrap()
-        .filter_map(|t| {
-            let path = t.ok()?.path();
+    thread_dirs(server)
+        .filter_map(|path| {
             (std::fs::read_to_string(path.join("comm")).ok()?.trim() == "dns-udp").then_some(())?;
             let status = std::fs::read_to_string(path.join("status")).ok()?;
             let n = status.lines().find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))?;
@@ -235,10 +238,7 @@ fn queries_received_on_one_cpu_wake_one_udp_thread() {
 fn udp_threads_take_the_configured_scheduling_policy() {
     const OTHER: u32 = 0;
     const BATCH: u32 = 3;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("c.toml");
-    std::fs::write(&config, "[dns]\nudp_scheduling = \"batch\"\n").unwrap();
-    let batch = Server::start(&["--config", config.to_str().unwrap(), "--demo"]);
+    let (batch, _batch_dir) = start_with_dns_config("udp_scheduling = \"batch\"");
     let (plain, _dir) = start_with_workers(0);
     for (server, udp_policy) in [(&batch, BATCH), (&plain, OTHER)] {
         assert_eq!(a(&parse(&udp(server.dns, &query("orders.demo", A)))).len(), 2);

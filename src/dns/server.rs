@@ -113,10 +113,7 @@ impl Listeners {
             }
             n => n,
         };
-        #[cfg(target_os = "linux")]
         let ours = affinity();
-        #[cfg(not(target_os = "linux"))]
-        let ours = Vec::new();
         let mut l = Listeners { udp: Vec::new(), tcp: Vec::new() };
         for addr in addrs {
             let (udp, tcp) = bind_group(*addr, workers).await?;
@@ -222,18 +219,22 @@ fn socket_buffers(s: &socket2::Socket) {
     }
 }
 
-/// CPUs in this process's affinity mask, in order (empty where it cannot be read).
-#[cfg(target_os = "linux")]
+/// CPUs in this process's affinity mask, in order (empty where it cannot be read, and off Linux).
 fn affinity() -> Vec<usize> {
-    use nix::libc;
-    // SAFETY: a zeroed cpu_set_t is a valid empty set, filled in by the kernel within its size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
+    #[cfg(target_os = "linux")]
+    {
+        use nix::libc;
+        // SAFETY: a zeroed cpu_set_t is a valid empty set, filled in by the kernel within its size.
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                return Vec::new();
+            }
+            (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
         }
-        (0..libc::CPU_SETSIZE as usize).filter(|&c| libc::CPU_ISSET(c, &set)).collect()
     }
+    #[cfg(not(target_os = "linux"))]
+    Vec::new()
 }
 
 /// Most CPUs given a socket of their own in the steering program: two instructions each, within
