@@ -185,6 +185,7 @@ fn main() {
                 idle_timeout: Duration::from_secs(3600),
                 max_stale: minute,
                 catalog_refresh: minute,
+                service_attributes: true,
                 rate_limit: 1e6,
                 snapshot: None,
             },

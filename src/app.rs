@@ -84,6 +84,7 @@ pub(crate) fn cache_settings(config: &Config) -> CacheSettings {
         idle_timeout: Duration::from_millis(b.idle_timeout_ms),
         max_stale: Duration::from_secs(b.max_stale_s),
         catalog_refresh: Duration::from_millis(b.catalog_refresh_ms),
+        service_attributes: b.service_attributes,
         rate_limit: b.rate_limit,
         snapshot: (b.kind == BackendKind::Aws).then(|| config.data_dir.join("dns-cache.json")),
     }
@@ -138,6 +139,9 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
                     data_endpoint_url: b.data_endpoint_url.clone(),
                     rate_limit: b.rate_limit,
                     call_timeout: Duration::from_millis(b.call_timeout_ms),
+                    attributes_refresh: b
+                        .service_attributes
+                        .then(|| Duration::from_millis(b.catalog_refresh_ms)),
                 })
                 .await,
             )

@@ -39,6 +39,8 @@ pub struct CacheSettings {
     pub idle_timeout: Duration,
     pub max_stale: Duration,
     pub catalog_refresh: Duration,
+    /// Whether the backend reads service attributes (aws: once per `catalog_refresh`).
+    pub service_attributes: bool,
     /// The backend's call budget (calls/s), which stretches the refresh interval when short.
     pub rate_limit: f64,
     /// Where the last known good data is snapshotted (aws backend); `None` to keep none.
@@ -230,25 +232,15 @@ struct SlotState {
     stale_reason: &'static str,
 }
 
-/// Runs one backend call, counting it by operation and outcome.
-async fn timed<T>(
-    operation: &str,
-    call: impl Future<Output = Result<T, BackendError>>,
-) -> Result<T, BackendError> {
-    let started = Instant::now();
-    let result = call.await;
-    count_call(operation, &result, started);
-    result
-}
-
-fn count_call<T>(operation: &str, result: &Result<T, BackendError>, started: Instant) {
-    let outcome = match result {
-        Ok(_) => "ok",
-        Err(BackendError::NotFound(_)) => "not_found",
-        Err(BackendError::Throttled(_)) => "throttled",
-        Err(_) => "error",
-    };
-    crate::metrics::get().backend(operation, outcome, started.elapsed());
+/// The shortest refresh interval (seconds) at which `active` services cost at most `rate` calls a
+/// second: one check each per interval, and, where attributes are read in calls of their own,
+/// one read each per `attributes` interval, or per refresh interval when that is longer (they
+/// are read with a fetch, and a fetch comes at most once per check).
+fn needed_refresh(active: f64, rate: f64, attributes: Option<Duration>) -> f64 {
+    let Some(attributes) = attributes.map(|a| a.as_secs_f64()) else { return active / rate };
+    // Solves active/R + active/max(A, R) = rate for R; the two cases meet at R = A.
+    let both = 2.0 * active / rate;
+    if both >= attributes { both } else { active / (rate - active / attributes) }
 }
 
 /// The least time between two snapshot writes; longer when writing takes long.
@@ -524,9 +516,7 @@ impl Cache {
             let Some(slot) = ns.services.get(service).map(|s| s.clone()) else { continue };
             let Ok(_guard) = slot.load.try_lock() else { continue };
             let seen = slot.wanted.begin();
-            let started = Instant::now();
             let Some(result) = self.backend.discover_now(&ns.ns, service) else { return };
-            count_call("DiscoverInstances", &result, started);
             let _ = self.record(&slot, result);
             slot.wanted.done(seen);
         }
@@ -535,7 +525,8 @@ impl Cache {
     /// Takes a reloaded config (SIGHUP). Returns whether the zones changed: answers in them are
     /// then rebuilt from the cached data, without backend calls; nothing cached is dropped.
     pub async fn reconfigure(&self, settings: CacheSettings, zone_source: ZoneSource) -> bool {
-        self.backend.set_rate_limit(settings.rate_limit);
+        self.backend
+            .set_budget(settings.rate_limit, settings.service_attributes.then_some(settings.catalog_refresh));
         self.settings.store(Arc::new(settings));
         if **self.zone_source.load() == zone_source {
             return false;
@@ -549,10 +540,13 @@ impl Cache {
     /// The refresh interval in force: the configured one, stretched when the call budget cannot
     /// re-validate every active service that often.
     pub fn effective_refresh(&self) -> Duration {
-        let active = self.active.load(Ordering::Relaxed) as f64;
         let settings = self.settings.load();
-        let needed = Duration::from_secs_f64(active / settings.rate_limit.max(0.001));
-        settings.refresh.max(needed)
+        let needed = needed_refresh(
+            self.active.load(Ordering::Relaxed) as f64,
+            settings.rate_limit.max(0.001),
+            self.backend.reads_attributes().then_some(settings.catalog_refresh),
+        );
+        settings.refresh.max(Duration::from_secs_f64(needed))
     }
 
     /// How full the backend's rate budget is (0..=1), if it has one.
@@ -637,7 +631,7 @@ impl Cache {
             self.zones_wanted.done(seen);
             return;
         };
-        let names = match timed("ListNamespaces", self.backend.default_zones()).await {
+        let names = match self.backend.default_zones().await {
             Ok(n) => n,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list namespaces for zones");
@@ -746,7 +740,7 @@ impl Cache {
         attempted: &mut Option<Instant>,
         urgency: Urgency,
     ) -> Result<Vec<crate::backend::ServiceInfo>, BackendError> {
-        let result = timed("ListServices", self.backend.services(&ns.ns, urgency)).await;
+        let result = self.backend.services(&ns.ns, urgency).await;
         *attempted = Some(Instant::now());
         result
     }
@@ -830,7 +824,7 @@ impl Cache {
         slot: &ServiceSlot,
         urgency: Urgency,
     ) -> Result<(), BackendError> {
-        let result = timed("DiscoverInstances", self.backend.discover(&ns.ns, &slot.name, urgency)).await;
+        let result = self.backend.discover(&ns.ns, &slot.name, urgency).await;
         self.record(slot, result)
     }
 
@@ -886,8 +880,7 @@ impl Cache {
             let _ = self.fetch_locked(ns, slot, urgency).await;
             return;
         };
-        let result =
-            timed("DiscoverInstancesRevision", self.backend.revision(&ns.ns, &slot.name, urgency)).await;
+        let result = self.backend.revision(&ns.ns, &slot.name, urgency).await;
         slot.attempted();
         match result {
             // Equality only: some servers' revisions go down or repeat.
@@ -1123,6 +1116,24 @@ mod tests {
     use crate::registry::shapes::{Attributes, InstanceRequest, RegisterInstanceRequest};
     use crate::registry::{Registry, RegistrySettings};
 
+    #[test]
+    fn the_refresh_interval_pays_for_attribute_reads_within_the_budget() {
+        let calls_per_second = |active: f64, r: f64, a: f64| active / r + active / a.max(r);
+        // Without attribute reads: one check per service per interval.
+        assert_eq!(needed_refresh(100.0, 100.0, None), 1.0);
+        for (active, rate) in
+            [(2.0, 2.0), (100.0, 100.0), (1000.0, 100.0), (1500.0, 100.0), (10_000.0, 100.0)]
+        {
+            let attributes = Duration::from_secs(30);
+            let r = needed_refresh(active, rate, Some(attributes));
+            let spent = calls_per_second(active, r, 30.0);
+            assert!((spent - rate).abs() < 1e-9, "{active} services at {rate}/s: R = {r}, {spent} calls/s");
+        }
+        // Once the interval reaches the attribute interval, every fetch reads them: two calls
+        // per service per interval.
+        assert_eq!(needed_refresh(3000.0, 100.0, Some(Duration::from_secs(30))), 60.0);
+    }
+
     fn register(r: &Registry, service_id: &str, id: &str, ip: &str) {
         let attributes = Attributes::from([("AWS_INSTANCE_IPV4".to_string(), ip.to_string())]);
         r.register_instance(RegisterInstanceRequest {
@@ -1333,6 +1344,7 @@ mod tests {
             idle_timeout: Duration::from_secs(3600),
             max_stale: Duration::from_secs(3600),
             catalog_refresh: Duration::from_secs(3600),
+            service_attributes: true,
             rate_limit: 100.0,
             snapshot: None,
         }

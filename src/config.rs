@@ -332,6 +332,9 @@ pub struct BackendConfig {
     pub catalog_refresh_ms: u64,
     /// This node's share of the account's Cloud Map quota, in calls per second, all calls together.
     pub rate_limit: f64,
+    /// aws: read each active service's attributes (GetServiceAttributes, once per catalog
+    /// interval) for `_grpc_config` answers. Off saves those calls where no service has one.
+    pub service_attributes: bool,
     pub call_timeout_ms: u64,
     /// Endpoint for every Cloud Map call (moto, another cloudmap-dns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -351,6 +354,7 @@ impl Default for BackendConfig {
             max_stale_s: 86_400,
             catalog_refresh_ms: 30_000,
             rate_limit: 100.0,
+            service_attributes: true,
             call_timeout_ms: 2000,
             endpoint_url: None,
             data_endpoint_url: None,

@@ -80,9 +80,14 @@ pub const STALE_REASONS: [(CacheKind, &str); 4] = [
 ];
 
 /// Backend operations (`backend_requests_total{operation}`), as the Cloud Map API names them.
-pub const OPERATIONS: [&str; 4] =
-    ["DiscoverInstances", "DiscoverInstancesRevision", "ListServices", "ListNamespaces"];
-pub const BACKEND_OUTCOMES: [&str; 4] = ["ok", "not_found", "throttled", "error"];
+pub const OPERATIONS: [&str; 5] = [
+    "DiscoverInstances",
+    "DiscoverInstancesRevision",
+    "ListServices",
+    "ListNamespaces",
+    "GetServiceAttributes",
+];
+pub const BACKEND_OUTCOMES: [&str; 5] = ["ok", "not_found", "throttled", "denied", "error"];
 pub const UPSTREAM_OUTCOMES: [&str; 7] =
     ["ok", "timeout", "error", "servfail", "refused", "mismatched", "truncated"];
 

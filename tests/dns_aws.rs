@@ -1,6 +1,6 @@
 //! The aws backend against a real Cloud Map API server (the embedded registry of a second
 //! cloudmap-dns) behind a counting proxy: freshness, API cost at the backend, single-flight
-//! misses, throttling, stale serving, and the snapshot across a restart.
+//! misses, throttling, stale serving, the snapshot across a restart, and service attributes.
 
 mod common;
 
@@ -48,17 +48,29 @@ async fn register(c: &sd::Client, svc: &str, id: &str, ip: &str) {
 
 /// A cloudmap-dns with the aws backend pointed at `proxy`, serving namespace `lab` as `lab.example`.
 fn dns_server(dir: &Path, proxy: &Proxy, backend: &str) -> Result<Server, String> {
+    dns_server_zone(dir, proxy, backend, "")
+}
+
+/// As `dns_server`, with more keys for the zone.
+fn dns_server_zone(dir: &Path, proxy: &Proxy, backend: &str, zone: &str) -> Result<Server, String> {
     std::fs::create_dir_all(dir).unwrap();
     let config = dir.join("aws.toml");
     std::fs::write(
         &config,
         format!(
-            "[backend]\nkind = \"aws\"\nendpoint_url = \"{}\"\nrefresh_ms = 200\n{backend}\n\n[[dns.zones]]\nzone = \"lab.example\"\nnamespace = \"lab\"\n",
+            "[backend]\nkind = \"aws\"\nendpoint_url = \"{}\"\nrefresh_ms = 200\n{backend}\n\n[[dns.zones]]\nzone = \"lab.example\"\nnamespace = \"lab\"\n{zone}\n",
             proxy.url()
         ),
     )
     .unwrap();
     Server::start_in(&dir.join("data"), &["--config", config.to_str().unwrap()])
+}
+
+/// The `_grpc_config` TXT answer of service `web`, its strings joined; empty for NODATA.
+fn grpc_config(server: &Server) -> String {
+    let m = dns::parse(&dns::udp(server.dns, &dns::query("_grpc_config.web.lab.example", dns::TXT)));
+    assert_eq!(dns::rcode(&m), ResponseCode::NoError, "{m:?}");
+    dns::txt(&m).into_iter().flatten().collect::<Vec<_>>().concat()
 }
 
 fn ips(server: &Server, name: &str) -> Vec<String> {
@@ -301,7 +313,11 @@ async fn data_plane_calls_go_to_the_data_endpoint() {
     assert_eq!(ips(&server, "web.lab.example").len(), 2);
     let ops =
         |p: &Proxy| p.calls().iter().map(|c| c.operation.clone()).collect::<std::collections::BTreeSet<_>>();
-    assert!(ops(&control).iter().all(|o| o.starts_with("List")), "control plane only: {:?}", ops(&control));
+    assert!(
+        ops(&control).iter().all(|o| o.starts_with("List") || o == "GetServiceAttributes"),
+        "control plane only: {:?}",
+        ops(&control)
+    );
     assert!(ops(&data).contains("DiscoverInstances"), "{:?}", ops(&data));
     assert!(ops(&data).iter().all(|o| o.starts_with("Discover")), "{:?}", ops(&data));
 }
@@ -314,19 +330,17 @@ async fn a_short_budget_stretches_the_refresh_interval() {
     register(&c, &cold, "c1", "10.9.9.9").await;
     let proxy = Proxy::start(registry.api);
     let tmp = tempfile::tempdir().unwrap();
-    // Two active services, two calls a second: each can be re-validated once a second at most.
+    // Two active services, two calls a second. Each service costs one check per interval and
+    // one attribute read per catalog interval (30 s): 2/R + 2/30 = 2 gives R = 1.034 s.
     let server = dns_server(tmp.path(), &proxy, "rate_limit = 2.0").unwrap();
     assert_eq!(ips(&server, "web.lab.example").len(), 2);
     assert_eq!(ips(&server, "cold.lab.example").len(), 1);
     let m = dns::parse(&dns::udp(server.dns, &dns::query("_cloudmap.web.lab.example", dns::TXT)));
     let strings: Vec<String> = dns::txt(&m).into_iter().flatten().collect();
-    assert!(strings.contains(&"refresh=1000ms".to_string()), "{strings:?}");
+    assert!(strings.contains(&"refresh=1034ms".to_string()), "{strings:?}");
     assert!(strings.contains(&"backend=aws".to_string()), "{strings:?}");
-    assert_eq!(
-        server.metric("cloudmap_dns_backend_refresh_interval_seconds", &[]),
-        1.0,
-        "and in the metrics"
-    );
+    let interval = server.metric("cloudmap_dns_backend_refresh_interval_seconds", &[]);
+    assert!((1.034..1.035).contains(&interval), "and in the metrics: {interval}");
     assert_eq!(server.metric("cloudmap_dns_backend_active_services", &[]), 2.0);
     let start = Instant::now();
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -483,4 +497,126 @@ async fn misses_waiting_for_a_slow_backend_are_capped() {
     })
     .await;
     assert_eq!(ips(&server, "web.lab.example"), ["10.0.0.1", "10.0.0.2"]);
+}
+
+/// DiscoverInstances does not carry service attributes: the `grpc_config` attribute comes from
+/// GetServiceAttributes, read beside the first fetch and then at most once per catalog interval,
+/// and every call is counted under its own operation.
+#[tokio::test]
+async fn the_grpc_config_attribute_is_read_once_per_catalog_interval() {
+    let (registry, c, svc) = registry().await;
+    let config = r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#;
+    c.update_service_attributes().service_id(&svc).attributes("grpc_config", config).send().await.unwrap();
+    let proxy = Proxy::start(registry.api);
+    let tmp = tempfile::tempdir().unwrap();
+    let server =
+        dns_server(tmp.path(), &proxy, "catalog_refresh_ms = 1000\nhealth_refresh_ms = 400").unwrap();
+    let txt = |config: &str| format!("grpc_config=[{{\"serviceConfig\":{config}}}]");
+    assert_eq!(grpc_config(&server), txt(config), "the first answer has it");
+
+    let changed = r#"{"loadBalancingConfig":[{"pick_first":{}}]}"#;
+    c.update_service_attributes().service_id(&svc).attributes("grpc_config", changed).send().await.unwrap();
+    let took = common::until(Duration::from_secs(5), || grpc_config(&server) == txt(changed)).await;
+    println!("a changed attribute seen after {took:?} (catalog 1000 ms, health 400 ms)");
+    assert!(took < Duration::from_millis(1000 + 400 + 1500), "{took:?}");
+    c.delete_service_attributes().service_id(&svc).attributes("grpc_config").send().await.unwrap();
+    common::until(Duration::from_secs(5), || grpc_config(&server).is_empty()).await;
+
+    // Steady state: the service is fetched every 400 ms (health), its attributes read once a
+    // second at most.
+    let start = Instant::now();
+    let window = Duration::from_secs(3);
+    while start.elapsed() < window {
+        assert_eq!(ips(&server, "web.lab.example").len(), 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let attributes = proxy.count("GetServiceAttributes", &svc, start);
+    let fetches = proxy.count("DiscoverInstances", "\"web\"", start);
+    println!("over {window:?}: {attributes} GetServiceAttributes, {fetches} DiscoverInstances");
+    assert!((1..=5).contains(&attributes), "about one a second: {attributes}");
+    assert!(attributes < fetches, "not one per fetch: {attributes} against {fetches}");
+
+    // The metrics count each request under its own name, as the backend received it.
+    let before = proxy.calls();
+    let (_, text) = server.http_get("/metrics");
+    let after = proxy.calls();
+    for op in ["ListNamespaces", "ListServices", "GetServiceAttributes", "DiscoverInstances"] {
+        let counted = common::metric_in(
+            &text,
+            "cloudmap_dns_backend_requests_total",
+            &[("operation", op), ("outcome", "ok")],
+        );
+        let received =
+            |calls: &[common::proxy::Call]| calls.iter().filter(|c| c.operation == op).count() as f64;
+        assert!(counted >= 1.0, "{op} counted");
+        assert!(
+            counted <= received(&after) && counted + 1.0 >= received(&before),
+            "{op}: {counted} counted, {} to {} received",
+            received(&before),
+            received(&after)
+        );
+    }
+}
+
+/// A role without servicediscovery:GetServiceAttributes: answers go on, `_grpc_config` comes
+/// from the zone's config, the denial is counted as such, and attributes are not asked for
+/// again (each denial would spend the call budget) until a reload.
+#[tokio::test]
+async fn a_role_denied_service_attributes_asks_once_until_a_reload() {
+    let (registry, c, svc) = registry().await;
+    let config = r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#;
+    c.update_service_attributes().service_id(&svc).attributes("grpc_config", config).send().await.unwrap();
+    let proxy = Proxy::start(registry.api);
+    proxy.set(Mode::Deny(vec!["GetServiceAttributes"]));
+    let tmp = tempfile::tempdir().unwrap();
+    let zone_config = r#"{"loadBalancingConfig":[{"pick_first":{}}]}"#;
+    let server = dns_server_zone(
+        tmp.path(),
+        &proxy,
+        "catalog_refresh_ms = 300\nhealth_refresh_ms = 300",
+        &format!("grpc_config = '{zone_config}'"),
+    )
+    .unwrap();
+    let txt = |config: &str| format!("grpc_config=[{{\"serviceConfig\":{config}}}]");
+    assert_eq!(ips(&server, "web.lab.example").len(), 2);
+    assert_eq!(grpc_config(&server), txt(zone_config), "the zone's config");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(grpc_config(&server), txt(zone_config));
+    assert_eq!(proxy.count("GetServiceAttributes", "", Instant::now() - Duration::from_secs(60)), 1);
+    let denied = server.metric(
+        "cloudmap_dns_backend_requests_total",
+        &[("operation", "GetServiceAttributes"), ("outcome", "denied")],
+    );
+    assert_eq!(denied, 1.0);
+    assert!(
+        server.log_text().contains("servicediscovery:GetServiceAttributes"),
+        "the log says what is missing"
+    );
+
+    // The role is fixed, and the config reloaded: the attribute is read again.
+    proxy.set(Mode::Forward { latency: Duration::ZERO });
+    unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
+    common::until(Duration::from_secs(5), || grpc_config(&server) == txt(config)).await;
+}
+
+/// `service_attributes = false`: no GetServiceAttributes calls, and `_grpc_config` comes from
+/// the zone's config alone.
+#[tokio::test]
+async fn service_attributes_can_be_left_unread() {
+    let (registry, c, svc) = registry().await;
+    let config = r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#;
+    c.update_service_attributes().service_id(&svc).attributes("grpc_config", config).send().await.unwrap();
+    let proxy = Proxy::start(registry.api);
+    let tmp = tempfile::tempdir().unwrap();
+    let server = dns_server(
+        tmp.path(),
+        &proxy,
+        "service_attributes = false\ncatalog_refresh_ms = 300\nhealth_refresh_ms = 300",
+    )
+    .unwrap();
+    assert_eq!(grpc_config(&server), "", "NODATA: no zone config, and the attribute is not read");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(grpc_config(&server), "");
+    assert!(proxy.count("DiscoverInstances", "", Instant::now() - Duration::from_secs(60)) >= 2);
+    assert_eq!(proxy.count("GetServiceAttributes", "", Instant::now() - Duration::from_secs(60)), 0);
 }

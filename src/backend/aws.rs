@@ -4,8 +4,14 @@
 //! of the account's Cloud Map quota, which every node of a fleet shares. Throttling answers
 //! (`RequestLimitExceeded`) make the whole budget back off, exponentially and with jitter. The
 //! SDK's own retries are off, so each call counted here is exactly one request at the backend.
+//!
+//! DiscoverInstances does not carry the service's attributes, so a service's `grpc_config`
+//! attribute is read with GetServiceAttributes beside it, at most once per `attributes_refresh`
+//! (the catalog's interval), by the service id that ListServices gave.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use aws_sdk_servicediscovery as sd;
@@ -30,12 +36,34 @@ pub struct AwsSettings {
     /// Calls per second this node may make, all operations together.
     pub rate_limit: f64,
     pub call_timeout: Duration,
+    /// How often an active service's attributes are read again (GetServiceAttributes); `None`:
+    /// never.
+    pub attributes_refresh: Option<Duration>,
 }
 
 pub struct Aws {
     control: sd::Client,
     data: sd::Client,
     budget: Budget,
+    /// Milliseconds, 0 for never; set again on reload.
+    attributes_refresh_ms: AtomicU64,
+    /// Each listed service's id and what its attributes last said.
+    services: Mutex<HashMap<(NamespaceRef, String), ServiceMeta>>,
+    /// Whether a failure to read attributes was logged at warn (once; later ones at debug).
+    attributes_warned: AtomicBool,
+    /// GetServiceAttributes was denied: attributes are not asked for again until a reload, so
+    /// a role without that action does not spend the call budget on denials.
+    attributes_denied: AtomicBool,
+}
+
+#[derive(Default)]
+struct ServiceMeta {
+    /// From ListServices (the ARN in a shared namespace); `None` until the namespace is listed
+    /// with the service in it.
+    id: Option<String>,
+    grpc_config: Option<String>,
+    /// When the attributes were last asked for, answered or not.
+    read_at: Option<Instant>,
 }
 
 /// aws-sdk-servicediscovery sends DiscoverInstances and DiscoverInstancesRevision to
@@ -93,18 +121,24 @@ impl Aws {
             control: sd::Client::from_conf(control.build()),
             data: sd::Client::from_conf(data.build()),
             budget: Budget::new(settings.rate_limit),
+            attributes_refresh_ms: AtomicU64::new(millis(settings.attributes_refresh)),
+            services: Mutex::new(HashMap::new()),
+            attributes_warned: AtomicBool::new(false),
+            attributes_denied: AtomicBool::new(false),
         }
     }
 
-    /// Runs one call within the budget, classifying its failure.
-    async fn call<T, E, F, Fut>(&self, urgency: Urgency, f: F) -> Result<T, BackendError>
+    /// Runs one call within the budget, classifying its failure, and counts it under the API's
+    /// name for it (the time counted includes the wait for the budget).
+    async fn call<T, E, F, Fut>(&self, operation: &str, urgency: Urgency, f: F) -> Result<T, BackendError>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, sd::error::SdkError<E>>>,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
+        let started = std::time::Instant::now();
         self.budget.acquire(urgency).await;
-        match f().await {
+        let result = match f().await {
             Ok(v) => {
                 self.budget.succeeded();
                 Ok(v)
@@ -116,7 +150,95 @@ impl Aws {
                 }
                 Err(err)
             }
+        };
+        super::count(operation, &result, started);
+        result
+    }
+
+    fn meta(&self) -> std::sync::MutexGuard<'_, HashMap<(NamespaceRef, String), ServiceMeta>> {
+        self.services.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes the ids of a namespace's services as ListServices gave them, and forgets the
+    /// services it no longer lists.
+    fn listed(&self, ns: &NamespaceRef, ids: HashMap<String, String>) {
+        let mut meta = self.meta();
+        meta.retain(|(n, name), _| n != ns || ids.contains_key(name));
+        for (name, id) in ids {
+            let m = meta.entry((ns.clone(), name)).or_default();
+            if m.id.as_deref() != Some(id.as_str()) {
+                // A new service, or one deleted and created again under its name.
+                *m = ServiceMeta { id: Some(id), ..ServiceMeta::default() };
+            }
         }
+    }
+
+    /// The service's `grpc_config` attribute: read again when it is older than the attributes
+    /// interval, else as last read. It never fails the lookup it is part of: without an id
+    /// (the service is newer than the last listing) or when the call fails (throttled, or a
+    /// role without `servicediscovery:GetServiceAttributes`), the last value stands.
+    async fn grpc_config(&self, ns: &NamespaceRef, service: &str, urgency: Urgency) -> Option<String> {
+        if self.attributes_refresh_ms.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let key = (ns.clone(), service.to_string());
+        let every = Duration::from_millis(self.attributes_refresh_ms.load(Ordering::Relaxed));
+        let id = {
+            let meta = self.meta();
+            let m = meta.get(&key)?;
+            if m.read_at.is_some_and(|t| t.elapsed() < every)
+                || self.attributes_denied.load(Ordering::Relaxed)
+            {
+                return m.grpc_config.clone();
+            }
+            m.id.clone()?
+        };
+        let result = self
+            .call("GetServiceAttributes", urgency, || {
+                self.control.get_service_attributes().service_id(&id).send()
+            })
+            .await;
+        let mut meta = self.meta();
+        let m = meta.get_mut(&key).filter(|m| m.id.as_deref() == Some(id.as_str()))?;
+        m.read_at = Some(Instant::now());
+        match result {
+            Ok(out) => {
+                m.grpc_config = out
+                    .service_attributes()
+                    .and_then(|a| a.attributes())
+                    .and_then(|a| a.get(super::GRPC_CONFIG_ATTRIBUTE))
+                    .cloned();
+            }
+            Err(BackendError::NotFound(_)) => {
+                // The id is gone: the service was created again under its name. The next
+                // listing gives the new one.
+                *m = ServiceMeta::default();
+            }
+            Err(BackendError::Denied(e)) => {
+                self.attributes_denied.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    error = %e,
+                    "GetServiceAttributes is denied (the role lacks servicediscovery:GetServiceAttributes, \
+                     see conf/iam-policy.json): service attributes are not read again until a reload; \
+                     _grpc_config answers keep the last value read, or the zone's grpc_config"
+                );
+            }
+            Err(e) => {
+                if !matches!(e, BackendError::Throttled(_))
+                    && !self.attributes_warned.swap(true, Ordering::Relaxed)
+                {
+                    tracing::warn!(
+                        service,
+                        error = %e,
+                        "cannot read service attributes; _grpc_config answers keep the last value \
+                         read, or the zone's grpc_config"
+                    );
+                } else {
+                    tracing::debug!(service, error = %e, "cannot read service attributes");
+                }
+            }
+        }
+        m.grpc_config.clone()
     }
 
     async fn namespace_id(&self, ns: &NamespaceRef, urgency: Urgency) -> Result<String, BackendError> {
@@ -129,7 +251,7 @@ impl Aws {
         let mut token = None;
         loop {
             let page = self
-                .call(urgency, || {
+                .call("ListNamespaces", urgency, || {
                     self.control
                         .list_namespaces()
                         .filters(filter.clone())
@@ -161,6 +283,11 @@ impl Aws {
     }
 }
 
+/// An attributes interval as stored: milliseconds, at least 1; 0 for never.
+fn millis(every: Option<Duration>) -> u64 {
+    every.map_or(0, |d| (d.as_millis() as u64).max(1))
+}
+
 fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     e: &sd::error::SdkError<E>,
 ) -> BackendError {
@@ -173,6 +300,9 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>
             BackendError::Throttled(message)
         }
         _ if status == Some(429) => BackendError::Throttled(message),
+        // moto answers a denial in XML, which the JSON protocol reads as no code at all.
+        "AccessDeniedException" | "AccessDenied" => BackendError::Denied(message),
+        "" if status == Some(403) => BackendError::Denied(format!("HTTP 403: {e:?}")),
         _ => BackendError::Unavailable(if code.is_empty() { format!("{e:?}") } else { message }),
     }
 }
@@ -195,25 +325,30 @@ impl Backend for Aws {
             .condition(sd::types::FilterCondition::Eq)
             .build()
             .map_err(|e| BackendError::Unavailable(e.to_string()))?;
-        let mut out = Vec::new();
+        let (mut out, mut ids) = (Vec::new(), HashMap::new());
         let mut token = None;
         loop {
             let page = self
-                .call(urgency, || {
+                .call("ListServices", urgency, || {
                     self.control.list_services().filters(filter.clone()).set_next_token(token.clone()).send()
                 })
                 .await?;
-            out.extend(
-                page.services()
-                    .iter()
-                    .filter_map(|s| s.name())
-                    .map(|name| ServiceInfo { name: name.to_string(), grpc_config: None }),
-            );
+            for s in page.services() {
+                let Some(name) = s.name() else { continue };
+                out.push(ServiceInfo { name: name.to_string(), grpc_config: None });
+                // GetServiceAttributes names a shared namespace's services by ARN.
+                let id = if ns.owner_account.is_some() { s.arn() } else { s.id() };
+                if let Some(id) = id {
+                    ids.insert(name.to_string(), id.to_string());
+                }
+            }
             match page.next_token() {
                 Some(t) => token = Some(t.to_string()),
-                None => return Ok(out),
+                None => break,
             }
         }
+        self.listed(ns, ids);
+        Ok(out)
     }
 
     async fn discover(
@@ -222,8 +357,9 @@ impl Backend for Aws {
         service: &str,
         urgency: Urgency,
     ) -> Result<Discovered, BackendError> {
-        let out = self
-            .call(urgency, || {
+        // Side by side: a miss waits for the slower of the two, not for both.
+        let (out, grpc_config) = tokio::join!(
+            self.call("DiscoverInstances", urgency, || {
                 self.data
                     .discover_instances()
                     .namespace_name(&ns.http_name)
@@ -232,10 +368,12 @@ impl Backend for Aws {
                     .health_status(sd::types::HealthStatusFilter::All)
                     .max_results(1000)
                     .send()
-            })
-            .await?;
+            }),
+            self.grpc_config(ns, service, urgency)
+        );
+        let out = out?;
         Ok(Discovered {
-            grpc_config: None,
+            grpc_config,
             revision: out.instances_revision().unwrap_or_default(),
             instances: out
                 .instances()
@@ -258,7 +396,7 @@ impl Backend for Aws {
         urgency: Urgency,
     ) -> Result<i64, BackendError> {
         let out = self
-            .call(urgency, || {
+            .call("DiscoverInstancesRevision", urgency, || {
                 self.data
                     .discover_instances_revision()
                     .namespace_name(&ns.http_name)
@@ -278,8 +416,15 @@ impl Backend for Aws {
         Some(self.budget.fill())
     }
 
-    fn set_rate_limit(&self, calls_per_second: f64) {
+    fn set_budget(&self, calls_per_second: f64, attributes_refresh: Option<Duration>) {
         self.budget.set_rate(calls_per_second);
+        self.attributes_refresh_ms.store(millis(attributes_refresh), Ordering::Relaxed);
+        self.attributes_denied.store(false, Ordering::Relaxed);
+    }
+
+    fn reads_attributes(&self) -> bool {
+        self.attributes_refresh_ms.load(Ordering::Relaxed) > 0
+            && !self.attributes_denied.load(Ordering::Relaxed)
     }
 }
 

@@ -16,6 +16,11 @@ impl Embedded {
     pub fn new(registry: Registry) -> Embedded {
         Embedded { registry }
     }
+
+    async fn read(&self, ns: &NamespaceRef, service: &str) -> Result<Discovered, BackendError> {
+        let (namespace, service) = (ns.http_name.clone(), service.to_string());
+        self.registry.call(move |r| read_discovered(r, &namespace, &service)).await.map_err(map_err)
+    }
 }
 
 fn map_err(e: RegistryError) -> BackendError {
@@ -32,16 +37,21 @@ impl Backend for Embedded {
     }
 
     async fn default_zones(&self) -> Result<Vec<(String, String)>, BackendError> {
-        self.registry.call(|r| r.namespace_names()).await.map_err(map_err)
+        super::counted("ListNamespaces", async {
+            self.registry.call(|r| r.namespace_names()).await.map_err(map_err)
+        })
+        .await
     }
 
     async fn services(&self, ns: &NamespaceRef, _: Urgency) -> Result<Vec<ServiceInfo>, BackendError> {
         let namespace = ns.http_name.clone();
-        let rows = self
-            .registry
-            .call(move |r| r.services_of(&namespace, super::GRPC_CONFIG_ATTRIBUTE))
-            .await
-            .map_err(map_err)?;
+        let rows = super::counted("ListServices", async {
+            self.registry
+                .call(move |r| r.services_of(&namespace, super::GRPC_CONFIG_ATTRIBUTE))
+                .await
+                .map_err(map_err)
+        })
+        .await?;
         Ok(rows.into_iter().map(|(name, grpc_config)| ServiceInfo { name, grpc_config }).collect())
     }
 
@@ -51,21 +61,19 @@ impl Backend for Embedded {
         service: &str,
         _: Urgency,
     ) -> Result<Discovered, BackendError> {
-        let (namespace, service) = (ns.http_name.clone(), service.to_string());
-        self.registry.call(move |r| read_discovered(r, &namespace, &service)).await.map_err(map_err)
+        super::counted("DiscoverInstances", self.read(ns, service)).await
     }
 
     fn discover_now(&self, ns: &NamespaceRef, service: &str) -> Option<Result<Discovered, BackendError>> {
-        Some(read_discovered(&self.registry, &ns.http_name, service).map_err(map_err))
+        let started = std::time::Instant::now();
+        let result = read_discovered(&self.registry, &ns.http_name, service).map_err(map_err);
+        super::count("DiscoverInstances", &result, started);
+        Some(result)
     }
 
-    async fn revision(
-        &self,
-        ns: &NamespaceRef,
-        service: &str,
-        urgency: Urgency,
-    ) -> Result<i64, BackendError> {
-        Ok(self.discover(ns, service, urgency).await?.revision)
+    async fn revision(&self, ns: &NamespaceRef, service: &str, _: Urgency) -> Result<i64, BackendError> {
+        super::counted("DiscoverInstancesRevision", async { Ok(self.read(ns, service).await?.revision) })
+            .await
     }
 
     fn changes(&self) -> Option<tokio::sync::broadcast::Receiver<Change>> {

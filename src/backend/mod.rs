@@ -76,9 +76,37 @@ pub enum BackendError {
     /// RequestLimitExceeded or throttling: back off.
     #[error("throttled: {0}")]
     Throttled(String),
+    /// The credentials in use may not make this call (AccessDenied): a setup error, not an outage.
+    #[error("access denied: {0}")]
+    Denied(String),
     /// Anything else: the backend cannot be reached or failed.
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+}
+
+/// Counts one request to the backend under the API's name for it (`backend_requests_total`),
+/// with its duration. Each backend counts its own requests: one lookup can take several (the aws
+/// backend pages ListServices, finds a namespace's id, reads service attributes).
+pub(crate) fn count<T>(operation: &str, result: &Result<T, BackendError>, started: std::time::Instant) {
+    let outcome = match result {
+        Ok(_) => "ok",
+        Err(BackendError::NotFound(_)) => "not_found",
+        Err(BackendError::Throttled(_)) => "throttled",
+        Err(BackendError::Denied(_)) => "denied",
+        Err(_) => "error",
+    };
+    crate::metrics::get().backend(operation, outcome, started.elapsed());
+}
+
+/// Runs one request and counts it (`count`).
+pub(crate) async fn counted<T>(
+    operation: &str,
+    request: impl Future<Output = Result<T, BackendError>>,
+) -> Result<T, BackendError> {
+    let started = std::time::Instant::now();
+    let result = request.await;
+    count(operation, &result, started);
+    result
 }
 
 /// What changed in the backend, for backends that can say (the embedded one).
@@ -131,8 +159,16 @@ pub trait Backend: Send + Sync + 'static {
         false
     }
 
-    /// Sets this node's call budget (calls/s) on reload, if calls are rate limited.
-    fn set_rate_limit(&self, _calls_per_second: f64) {}
+    /// Sets this node's call budget (calls/s), and how often service attributes are read again
+    /// (`None`: never), on reload, for backends that rate-limit calls or read attributes in calls
+    /// of their own.
+    fn set_budget(&self, _calls_per_second: f64, _attributes_refresh: Option<std::time::Duration>) {}
+
+    /// Whether a fetch also reads the service's attributes in a call of its own, at most once per
+    /// `attributes_refresh` (aws: GetServiceAttributes), which the refresh arithmetic counts.
+    fn reads_attributes(&self) -> bool {
+        false
+    }
 
     /// How full its rate budget is (0..=1), if calls are rate limited.
     fn budget_fill(&self) -> Option<f64> {

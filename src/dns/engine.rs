@@ -932,6 +932,7 @@ mod tests {
                 idle_timeout: second,
                 max_stale: second,
                 catalog_refresh: second,
+                service_attributes: true,
                 rate_limit: 100.0,
                 snapshot: None,
             },

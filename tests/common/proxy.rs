@@ -1,6 +1,7 @@
 //! A Cloud Map API proxy for the tests: forwards each request to a real Cloud Map API server (the
 //! embedded registry) and records it, so API cost is counted at the backend, not by the code under
-//! test. It can add latency, answer RequestLimitExceeded, or refuse connections (backend down).
+//! test. It can add latency, answer RequestLimitExceeded or AccessDeniedException, or refuse
+//! connections (backend down).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -17,6 +18,9 @@ pub enum Mode {
     },
     /// Answer these operations with RequestLimitExceeded (others are forwarded).
     Throttle(Vec<&'static str>),
+    /// Answer these operations with AccessDeniedException, as IAM does for an action the
+    /// caller's role lacks (others are forwarded).
+    Deny(Vec<&'static str>),
     /// Close every connection at once, as if the backend were gone.
     Down,
 }
@@ -135,10 +139,16 @@ async fn handle(
             operation: operation.clone(),
             body: String::from_utf8_lossy(&body).to_string(),
         });
-        if let Mode::Throttle(ops) = &mode
-            && ops.contains(&operation.as_str())
-        {
-            let payload = r#"{"__type":"RequestLimitExceeded","Message":"Rate exceeded"}"#;
+        let refusal = match &mode {
+            Mode::Throttle(ops) if ops.contains(&operation.as_str()) => {
+                Some(r#"{"__type":"RequestLimitExceeded","Message":"Rate exceeded"}"#)
+            }
+            Mode::Deny(ops) if ops.contains(&operation.as_str()) => Some(
+                r#"{"__type":"AccessDeniedException","Message":"User is not authorized to perform this action"}"#,
+            ),
+            _ => None,
+        };
+        if let Some(payload) = refusal {
             let response = format!(
                 "HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{payload}",
                 payload.len()

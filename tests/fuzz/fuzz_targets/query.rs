@@ -97,6 +97,7 @@ fn harness() -> &'static Harness {
                 idle_timeout: std::time::Duration::from_secs(60),
                 max_stale: std::time::Duration::from_secs(60),
                 catalog_refresh: std::time::Duration::from_secs(60),
+                service_attributes: true,
                 rate_limit: 100.0,
                 snapshot: None,
             },
