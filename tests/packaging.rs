@@ -285,7 +285,10 @@ fn iam_policy_allows_what_the_aws_backend_calls_and_nothing_else() {
         let _ = dns::udp(server.dns, &dns::query("web.lab.example", A));
         std::thread::sleep(Duration::from_millis(600));
         let (_, body) = server.http_get("/metrics");
-        assert!(calls(&body, op, "denied") >= 1.0, "without {action} it is not denied: it is not needed");
+        assert!(
+            calls(&body, op, "denied") >= 1.0,
+            "without {action}, {op} is never denied: the backend does not need it"
+        );
     }
     drop(moto.stdin.take().map(|mut s| s.flush()));
     let _ = moto.wait();

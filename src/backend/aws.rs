@@ -215,13 +215,16 @@ impl Aws {
                 *m = ServiceMeta::default();
             }
             Err(BackendError::Denied(e)) => {
-                self.attributes_denied.store(true, Ordering::Relaxed);
-                tracing::warn!(
-                    error = %e,
-                    "GetServiceAttributes is denied (the role lacks servicediscovery:GetServiceAttributes, \
-                     see conf/iam-policy.json): service attributes are not read again until a reload; \
-                     _grpc_config answers keep the last value read, or the zone's grpc_config"
-                );
+                // Once: calls made before the first denial came back log nothing more.
+                if !self.attributes_denied.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        error = %e,
+                        "GetServiceAttributes is denied (the role lacks \
+                         servicediscovery:GetServiceAttributes, see conf/iam-policy.json): service \
+                         attributes are not read again until a reload; _grpc_config answers keep \
+                         the last value read, or the zone's grpc_config"
+                    );
+                }
             }
             Err(e) => {
                 if !matches!(e, BackendError::Throttled(_))
