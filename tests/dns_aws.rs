@@ -66,6 +66,18 @@ fn dns_server_zone(dir: &Path, proxy: &Proxy, backend: &str, zone: &str) -> Resu
     Server::start_in(&dir.join("data"), &["--config", config.to_str().unwrap()])
 }
 
+const ROUND_ROBIN: &str = r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#;
+const PICK_FIRST: &str = r#"{"loadBalancingConfig":[{"pick_first":{}}]}"#;
+
+async fn set_grpc_config(c: &sd::Client, svc: &str, config: &str) {
+    c.update_service_attributes().service_id(svc).attributes("grpc_config", config).send().await.unwrap();
+}
+
+/// A service config as `_grpc_config` TXT gives it (gRPC's format).
+fn txt(config: &str) -> String {
+    format!("grpc_config=[{{\"serviceConfig\":{config}}}]")
+}
+
 /// The `_grpc_config` TXT answer of service `web`, its strings joined; empty for NODATA.
 fn grpc_config(server: &Server) -> String {
     let m = dns::parse(&dns::udp(server.dns, &dns::query("_grpc_config.web.lab.example", dns::TXT)));
@@ -505,18 +517,15 @@ async fn misses_waiting_for_a_slow_backend_are_capped() {
 #[tokio::test]
 async fn the_grpc_config_attribute_is_read_once_per_catalog_interval() {
     let (registry, c, svc) = registry().await;
-    let config = r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#;
-    c.update_service_attributes().service_id(&svc).attributes("grpc_config", config).send().await.unwrap();
+    set_grpc_config(&c, &svc, ROUND_ROBIN).await;
     let proxy = Proxy::start(registry.api);
     let tmp = tempfile::tempdir().unwrap();
     let server =
         dns_server(tmp.path(), &proxy, "catalog_refresh_ms = 1000\nhealth_refresh_ms = 400").unwrap();
-    let txt = |config: &str| format!("grpc_config=[{{\"serviceConfig\":{config}}}]");
-    assert_eq!(grpc_config(&server), txt(config), "the first answer has it");
+    assert_eq!(grpc_config(&server), txt(ROUND_ROBIN), "the first answer has it");
 
-    let changed = r#"{"loadBalancingConfig":[{"pick_first":{}}]}"#;
-    c.update_service_attributes().service_id(&svc).attributes("grpc_config", changed).send().await.unwrap();
-    let took = common::until(Duration::from_secs(5), || grpc_config(&server) == txt(changed)).await;
+    set_grpc_config(&c, &svc, PICK_FIRST).await;
+    let took = common::until(Duration::from_secs(5), || grpc_config(&server) == txt(PICK_FIRST)).await;
     println!("a changed attribute seen after {took:?} (catalog 1000 ms, health 400 ms)");
     assert!(took < Duration::from_millis(1000 + 400 + 1500), "{took:?}");
     c.delete_service_attributes().service_id(&svc).attributes("grpc_config").send().await.unwrap();
@@ -564,24 +573,21 @@ async fn the_grpc_config_attribute_is_read_once_per_catalog_interval() {
 #[tokio::test]
 async fn a_role_denied_service_attributes_asks_once_until_a_reload() {
     let (registry, c, svc) = registry().await;
-    let config = r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#;
-    c.update_service_attributes().service_id(&svc).attributes("grpc_config", config).send().await.unwrap();
+    set_grpc_config(&c, &svc, ROUND_ROBIN).await;
     let proxy = Proxy::start(registry.api);
     proxy.set(Mode::Deny(vec!["GetServiceAttributes"]));
     let tmp = tempfile::tempdir().unwrap();
-    let zone_config = r#"{"loadBalancingConfig":[{"pick_first":{}}]}"#;
     let server = dns_server_zone(
         tmp.path(),
         &proxy,
         "catalog_refresh_ms = 300\nhealth_refresh_ms = 300",
-        &format!("grpc_config = '{zone_config}'"),
+        &format!("grpc_config = '{PICK_FIRST}'"),
     )
     .unwrap();
-    let txt = |config: &str| format!("grpc_config=[{{\"serviceConfig\":{config}}}]");
     assert_eq!(ips(&server, "web.lab.example").len(), 2);
-    assert_eq!(grpc_config(&server), txt(zone_config), "the zone's config");
+    assert_eq!(grpc_config(&server), txt(PICK_FIRST), "the zone's config");
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    assert_eq!(grpc_config(&server), txt(zone_config));
+    assert_eq!(grpc_config(&server), txt(PICK_FIRST));
     assert_eq!(proxy.count("GetServiceAttributes", "", Instant::now() - Duration::from_secs(60)), 1);
     let denied = server.metric(
         "cloudmap_dns_backend_requests_total",
@@ -596,7 +602,7 @@ async fn a_role_denied_service_attributes_asks_once_until_a_reload() {
     // The role is fixed, and the config reloaded: the attribute is read again.
     proxy.set(Mode::Forward { latency: Duration::ZERO });
     unsafe { libc::kill(server.child.id() as i32, libc::SIGHUP) };
-    common::until(Duration::from_secs(5), || grpc_config(&server) == txt(config)).await;
+    common::until(Duration::from_secs(5), || grpc_config(&server) == txt(ROUND_ROBIN)).await;
 }
 
 /// `service_attributes = false`: no GetServiceAttributes calls, and `_grpc_config` comes from
@@ -604,8 +610,7 @@ async fn a_role_denied_service_attributes_asks_once_until_a_reload() {
 #[tokio::test]
 async fn service_attributes_can_be_left_unread() {
     let (registry, c, svc) = registry().await;
-    let config = r#"{"loadBalancingConfig":[{"round_robin":{}}]}"#;
-    c.update_service_attributes().service_id(&svc).attributes("grpc_config", config).send().await.unwrap();
+    set_grpc_config(&c, &svc, ROUND_ROBIN).await;
     let proxy = Proxy::start(registry.api);
     let tmp = tempfile::tempdir().unwrap();
     let server = dns_server(
