@@ -44,7 +44,7 @@ impl Backend for Services {
         Ok(Vec::new())
     }
     async fn services(&self, _: &NamespaceRef, _: Urgency) -> Result<Vec<ServiceInfo>, BackendError> {
-        Ok((0..self.count).map(|i| ServiceInfo { name: format!("svc{i}"), grpc_config: None }).collect())
+        Ok((0..self.count).map(|i| ServiceInfo { name: format!("svc{i}") }).collect())
     }
     async fn discover(
         &self,

@@ -1172,7 +1172,7 @@ mod tests {
             _: &NamespaceRef,
             _: Urgency,
         ) -> Result<Vec<crate::backend::ServiceInfo>, BackendError> {
-            Ok(vec![crate::backend::ServiceInfo { name: "s".into(), grpc_config: None }])
+            Ok(vec![crate::backend::ServiceInfo { name: "s".into() }])
         }
         async fn discover(&self, _: &NamespaceRef, _: &str, _: Urgency) -> Result<Discovered, BackendError> {
             Ok(Discovered { revision: 1, instances: Vec::new(), grpc_config: None })
@@ -1224,7 +1224,7 @@ mod tests {
             if self.failing.load(Ordering::SeqCst) {
                 return Err(BackendError::Unavailable("down".into()));
             }
-            Ok(vec![crate::backend::ServiceInfo { name: "s".into(), grpc_config: None }])
+            Ok(vec![crate::backend::ServiceInfo { name: "s".into() }])
         }
         async fn discover(&self, _: &NamespaceRef, _: &str, _: Urgency) -> Result<Discovered, BackendError> {
             self.discovers.fetch_add(1, Ordering::SeqCst);

@@ -178,11 +178,11 @@ impl Aws {
     /// (the service is newer than the last listing) or when the call fails (throttled, or a
     /// role without `servicediscovery:GetServiceAttributes`), the last value stands.
     async fn grpc_config(&self, ns: &NamespaceRef, service: &str, urgency: Urgency) -> Option<String> {
-        if self.attributes_refresh_ms.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
+        let every = match self.attributes_refresh_ms.load(Ordering::Relaxed) {
+            0 => return None,
+            ms => Duration::from_millis(ms),
+        };
         let key = (ns.clone(), service.to_string());
-        let every = Duration::from_millis(self.attributes_refresh_ms.load(Ordering::Relaxed));
         let id = {
             let meta = self.meta();
             let m = meta.get(&key)?;
@@ -338,7 +338,7 @@ impl Backend for Aws {
                 .await?;
             for s in page.services() {
                 let Some(name) = s.name() else { continue };
-                out.push(ServiceInfo { name: name.to_string(), grpc_config: None });
+                out.push(ServiceInfo { name: name.to_string() });
                 // GetServiceAttributes names a shared namespace's services by ARN.
                 let id = if ns.owner_account.is_some() { s.arn() } else { s.id() };
                 if let Some(id) = id {

@@ -46,13 +46,10 @@ impl Backend for Embedded {
     async fn services(&self, ns: &NamespaceRef, _: Urgency) -> Result<Vec<ServiceInfo>, BackendError> {
         let namespace = ns.http_name.clone();
         let rows = super::counted("ListServices", async {
-            self.registry
-                .call(move |r| r.services_of(&namespace, super::GRPC_CONFIG_ATTRIBUTE))
-                .await
-                .map_err(map_err)
+            self.registry.call(move |r| r.services_of(&namespace)).await.map_err(map_err)
         })
         .await?;
-        Ok(rows.into_iter().map(|(name, grpc_config)| ServiceInfo { name, grpc_config }).collect())
+        Ok(rows.into_iter().map(|name| ServiceInfo { name }).collect())
     }
 
     async fn discover(

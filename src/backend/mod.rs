@@ -19,11 +19,11 @@ pub struct NamespaceRef {
     pub owner_account: Option<String>,
 }
 
-/// A service of a namespace, and the gRPC service config its attributes carry, if any.
+/// A service of a namespace, as ListServices names it. Its attributes (the gRPC service config)
+/// come with its instances, in `Discovered`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceInfo {
     pub name: String,
-    pub grpc_config: Option<String>,
 }
 
 /// Every instance of a service with its health, and the service's InstancesRevision.

@@ -570,18 +570,13 @@ impl Registry {
         })
     }
 
-    /// The names of the services in a namespace, and one service attribute of each.
-    pub fn services_of(&self, namespace: &str, attribute: &str) -> Result<Vec<(String, Option<String>)>> {
+    /// The names of the services in a namespace, oldest first.
+    pub fn services_of(&self, namespace: &str) -> Result<Vec<String>> {
         self.read(|conn, ctx| {
             let ns = namespaces::load_by_http_name(conn, ctx, namespace)?;
-            let mut stmt = conn.prepare(
-                "SELECT s.name, a.value FROM services s
-                 LEFT JOIN service_attributes a ON a.service_id = s.id AND a.key = ?2
-                 WHERE s.namespace_id = ?1 ORDER BY s.seq",
-            )?;
-            let rows = stmt
-                .query_map(params![ns.id(), attribute], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
+            let mut stmt = conn.prepare("SELECT name FROM services WHERE namespace_id = ?1 ORDER BY seq")?;
+            let rows =
+                stmt.query_map(params![ns.id()], |r| r.get(0))?.collect::<rusqlite::Result<Vec<_>>>()?;
             Ok(rows)
         })
     }

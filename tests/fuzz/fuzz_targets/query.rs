@@ -43,7 +43,7 @@ impl Backend for Fixed {
     async fn services(&self, _: &NamespaceRef, _: Urgency) -> Result<Vec<ServiceInfo>, BackendError> {
         Ok(["web", "_sip._tcp", "a.b", "Web", "big"]
             .iter()
-            .map(|n| ServiceInfo { name: n.to_string(), grpc_config: None })
+            .map(|n| ServiceInfo { name: n.to_string() })
             .collect())
     }
     async fn discover(&self, _: &NamespaceRef, service: &str, _: Urgency) -> Result<Discovered, BackendError> {
