@@ -894,8 +894,8 @@ mod tests {
 
     /// A worker group bound to port 0 never lands on a port that another SO_REUSEPORT socket of
     /// this user holds: it would join that group and split its queries. The kernel hands such
-    /// ports out to `:0` binds with SO_REUSEPORT (here 26 in 1,000); with 600 held, 400 groups
-    /// would land on one ~8 times.
+    /// ports out to `:0` binds with SO_REUSEPORT as if free (of 1,000 such binds here, 26 got a
+    /// port given before), so with 600 held, 400 groups bound that way would join one ~8 times.
     #[cfg(unix)]
     #[tokio::test]
     async fn a_worker_group_on_port_0_never_joins_another_group() {
