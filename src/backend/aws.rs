@@ -136,23 +136,23 @@ impl Aws {
         Fut: Future<Output = Result<T, sd::error::SdkError<E>>>,
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     {
-        let started = std::time::Instant::now();
-        self.budget.acquire(urgency).await;
-        let result = match f().await {
-            Ok(v) => {
-                self.budget.succeeded();
-                Ok(v)
-            }
-            Err(e) => {
-                let err = classify(&e);
-                if matches!(err, BackendError::Throttled(_)) {
-                    self.budget.throttled();
+        super::counted(operation, async {
+            self.budget.acquire(urgency).await;
+            match f().await {
+                Ok(v) => {
+                    self.budget.succeeded();
+                    Ok(v)
                 }
-                Err(err)
+                Err(e) => {
+                    let err = classify(&e);
+                    if matches!(err, BackendError::Throttled(_)) {
+                        self.budget.throttled();
+                    }
+                    Err(err)
+                }
             }
-        };
-        super::count(operation, &result, started);
-        result
+        })
+        .await
     }
 
     fn meta(&self) -> std::sync::MutexGuard<'_, HashMap<(NamespaceRef, String), ServiceMeta>> {
