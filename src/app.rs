@@ -162,7 +162,8 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen for metrics on {}", config.metrics.listen))?;
     let admin_addr = admin_listener.local_addr()?;
     tracing::info!(addr = %admin_addr, "listening for metrics on {admin_addr}");
-    // /healthz answers from now on; /readyz once the DNS listeners serve and the snapshot is in.
+    // /healthz answers from now on; /readyz once the DNS listeners serve and the cache is filled
+    // (the embedded registry's served namespaces read, or the aws snapshot loaded).
     let ready = Arc::new(AtomicBool::new(false));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -200,7 +201,7 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
         }
         tokio::spawn(f.maintain());
     }
-    // Listeners bound and serving, the snapshot (if any) loaded by `cache.start`: ready.
+    // Listeners bound and serving, the cache filled by `cache.start`: ready.
     ready.store(true, std::sync::atomic::Ordering::Release);
     print_banner(&config, &dns_addrs, registry_api.as_ref().map(|(_, _, a)| *a), admin_addr, options.demo);
     let api = registry_api.map(|(registry, api, _)| {

@@ -16,7 +16,7 @@
 //!   good data is served, marked stale, for up to `max_stale`. The data is snapshotted to the data
 //!   dir soon after each change and loaded at start.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
@@ -592,6 +592,7 @@ impl Cache {
                     }
                 }
             });
+            self.preload().await;
         } else {
             self.load_snapshot();
         }
@@ -614,6 +615,60 @@ impl Cache {
                     pause = SNAPSHOT_MIN_PAUSE.max(started.elapsed() * 50);
                 }
             });
+        }
+    }
+
+    /// Reads every service of the served namespaces before the listeners serve, where the
+    /// backend can read many at once (embedded), as NSD loads its zones before it answers.
+    /// Started cold under load, each service's first query waited for a read of its own:
+    /// 1,000 services at 100k q/s lost 4,000 queries and grew the blocking pool to 512 threads
+    /// in the first second.
+    async fn preload(&self) {
+        let zones = self.zones.read().unwrap_or_else(|p| p.into_inner()).clone();
+        let started = Instant::now();
+        let mut loaded = 0;
+        let mut done = HashSet::new();
+        for zone in zones.zones() {
+            if !done.insert(zone.namespace.clone()) {
+                continue;
+            }
+            let ns = self.namespace(&zone.namespace);
+            if !self.reload_catalog(&ns, Urgency::Background).await {
+                continue;
+            }
+            let Some(catalog) = ns.current_catalog() else { continue };
+            // Slots first, noting what the read will reflect: a change announced meanwhile
+            // leaves its slot outdated, and its next query reads it again.
+            let slots: Vec<(Arc<ServiceSlot>, u64)> = catalog
+                .names()
+                .map(|name| {
+                    let slot = ns.slot(name);
+                    let seen = slot.wanted.begin();
+                    (slot, seen)
+                })
+                .collect();
+            let services = match self.backend.discover_all(&ns.ns).await {
+                None => return,
+                Some(Ok(services)) => services,
+                Some(Err(e)) => {
+                    tracing::warn!(namespace = %ns.ns.http_name, error = %e, "cannot load the namespace's services");
+                    continue;
+                }
+            };
+            let mut read: HashMap<String, Discovered> = services.into_iter().collect();
+            // A service created since the names were read waits for its first query; one deleted
+            // since is left unloaded (its removal re-reads the names).
+            for (slot, seen) in &slots {
+                let Some(discovered) = read.remove(&slot.name) else { continue };
+                let _guard = slot.load.lock().await;
+                let _ = self.record(slot, Ok(discovered));
+                slot.wanted.done(*seen);
+                loaded += 1;
+            }
+        }
+        if loaded > 0 {
+            let ms = started.elapsed().as_millis() as u64;
+            tracing::info!(services = loaded, ms, "loaded the served namespaces' services");
         }
     }
 

@@ -429,6 +429,43 @@ async fn grpc_config_txt() {
 }
 
 #[tokio::test]
+async fn a_start_loads_every_service_before_it_is_ready() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let mut first = Server::start_in(&dir, &[]).unwrap();
+    let c = first.client();
+    let ns = common::http_namespace(&c, "warm.test").await;
+    const SERVICES: usize = 40;
+    for i in 0..SERVICES {
+        let svc = service(&c, &ns, &format!("s{i}"), false).await;
+        register(&c, &svc, "a", &[("AWS_INSTANCE_IPV4", &format!("10.9.0.{i}"))]).await;
+    }
+    first.kill9();
+
+    let server = Server::start_in(&dir, &[]).unwrap();
+    common::until(Duration::from_secs(10), || server.http_get("/readyz").0 == 200).await;
+    let reads = || {
+        let labels = [("operation", "DiscoverInstances"), ("outcome", "ok")];
+        server.metric("cloudmap_dns_backend_requests_total", &labels)
+    };
+    assert_eq!(reads(), SERVICES as f64, "every service read once, before any query");
+    // Every service's first queries, all at once, are answered from what was loaded: a cold
+    // start under load used to read each service for its first query.
+    let asks: Vec<_> = (0..SERVICES)
+        .flat_map(|i| [i; 3])
+        .map(|i| {
+            let dns = server.dns;
+            tokio::spawn(async move { (i, dns::a(&dns::ask(dns, &format!("s{i}.warm.test"), A).await)) })
+        })
+        .collect();
+    for ask in asks {
+        let (i, addresses) = ask.await.unwrap();
+        assert_eq!(addresses, [format!("10.9.0.{i}").parse::<Ipv4Addr>().unwrap()]);
+    }
+    assert_eq!(reads(), SERVICES as f64, "no read for a query");
+}
+
+#[tokio::test]
 async fn changes_show_within_milliseconds() {
     let server = Server::start(&[]);
     let c = server.client();

@@ -146,6 +146,16 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// Every service of a namespace with all its instances, in one call, for backends that keep
+    /// their data in process (the embedded one): a cold cache loads a namespace at once, not
+    /// with one call per service's first query. `None`: the backend cannot; use `discover`.
+    async fn discover_all(
+        &self,
+        _ns: &NamespaceRef,
+    ) -> Option<Result<Vec<(String, Discovered)>, BackendError>> {
+        None
+    }
+
     /// The service's InstancesRevision (DiscoverInstancesRevision).
     async fn revision(&self, ns: &NamespaceRef, service: &str, urgency: Urgency)
     -> Result<i64, BackendError>;

@@ -4,7 +4,7 @@
 //! same transaction as the change, and never on health changes, as AWS documents. Revisions come
 //! from one registry-wide counter, so they only ever increase.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use rand::seq::SliceRandom;
 use rusqlite::{Connection, OptionalExtension, Row, params};
@@ -50,6 +50,14 @@ impl HealthFilter {
 pub struct DiscoverOutput {
     pub instances: Vec<HttpInstanceSummary>,
     pub revision: i64,
+}
+
+/// What `Registry::namespace_contents` reads of one service.
+#[derive(Debug, Clone)]
+pub struct ServiceContents {
+    pub name: String,
+    pub output: DiscoverOutput,
+    pub attribute: Option<String>,
 }
 
 struct InstanceRow {
@@ -570,6 +578,60 @@ impl Registry {
         })
     }
 
+    /// Every service of a namespace, oldest first, with every instance (as `instances_of`) and
+    /// the value of one service attribute: what the DNS cache holds of it, read under one lock in
+    /// three queries, so a cold cache loads a namespace at once.
+    pub fn namespace_contents(&self, namespace: &str, attribute: &str) -> Result<Vec<ServiceContents>> {
+        self.read(|conn, ctx| {
+            let ns = namespaces::load_by_http_name(conn, ctx, namespace)?;
+            let mut stmt =
+                conn.prepare("SELECT id, name, revision FROM services WHERE namespace_id = ?1 ORDER BY seq")?;
+            let services = stmt
+                .query_map(params![ns.id()], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<Vec<(String, String, i64)>>>()?;
+            let mut stmt = conn.prepare(&format!(
+                "SELECT *, {EFFECTIVE_HEALTH} AS effective_health FROM instances
+                 WHERE service_id IN (SELECT id FROM services WHERE namespace_id = ?2) ORDER BY seq"
+            ))?;
+            let mut instances: HashMap<String, Vec<InstanceRow>> = HashMap::new();
+            let rows =
+                stmt.query_map(params![ctx.now, ns.id()], |r| Ok((r.get("service_id")?, from_row(r)?)))?;
+            for row in rows {
+                let (service_id, instance): (String, InstanceRow) = row?;
+                instances.entry(service_id).or_default().push(instance);
+            }
+            let mut stmt = conn.prepare(
+                "SELECT service_id, value FROM service_attributes
+                 WHERE key = ?2 AND service_id IN (SELECT id FROM services WHERE namespace_id = ?1)",
+            )?;
+            let mut attributes = stmt
+                .query_map(params![ns.id(), attribute], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<HashMap<String, String>>>()?;
+            Ok(services
+                .into_iter()
+                .map(|(id, name, revision)| {
+                    let instances = instances
+                        .remove(&id)
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|i| HttpInstanceSummary {
+                            instance_id: i.id,
+                            namespace_name: namespace.to_string(),
+                            service_name: name.clone(),
+                            health_status: i.health,
+                            attributes: i.attributes,
+                        })
+                        .collect();
+                    ServiceContents {
+                        attribute: attributes.remove(&id),
+                        output: DiscoverOutput { instances, revision },
+                        name,
+                    }
+                })
+                .collect())
+        })
+    }
+
     /// The names of the services in a namespace, oldest first.
     pub fn services_of(&self, namespace: &str) -> Result<Vec<String>> {
         self.read(|conn, ctx| {
@@ -698,6 +760,73 @@ mod tests {
         assert_eq!(health(&r), "UNHEALTHY");
         advance(10);
         assert_eq!(health(&r), "UNHEALTHY");
+    }
+
+    #[test]
+    fn a_namespace_read_matches_a_read_of_each_service() {
+        use crate::registry::shapes::{
+            CreateNamespaceRequest, CreateServiceRequest, UpdateServiceAttributesRequest,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let (r, clock, svc) = registry(dir.path());
+        let ns_id = |name: &str| {
+            let listed = r.list_namespaces(Default::default()).unwrap();
+            let all = listed["Namespaces"].as_array().unwrap().clone();
+            all.iter().find(|n| n["Name"] == name).unwrap()["Id"].as_str().unwrap().to_string()
+        };
+        let create = |ns: &str, name: &str| {
+            let req = CreateServiceRequest {
+                name: Some(name.into()),
+                namespace_id: Some(ns_id(ns)),
+                ..Default::default()
+            };
+            r.create_service(req).unwrap()["Service"]["Id"].as_str().unwrap().to_string()
+        };
+        let register = |svc: &str, id: &str, ip: &str| {
+            let attributes = Attributes::from([("AWS_INSTANCE_IPV4".to_string(), ip.to_string())]);
+            let req = RegisterInstanceRequest {
+                service_id: Some(svc.into()),
+                instance_id: Some(id.into()),
+                attributes: Some(attributes),
+                ..Default::default()
+            };
+            r.register_instance(req).unwrap();
+        };
+        // `s` (custom health) holds `a`, turned unhealthy by a delayed change that is due but
+        // not yet applied; `t` two instances and a gRPC config; `empty` none. A service of the
+        // same name in another namespace must not show.
+        set(&r, &svc, "UNHEALTHY");
+        clock.fetch_add(31_000, Ordering::SeqCst);
+        let t = create("ns", "t");
+        register(&t, "t2", "10.0.0.2");
+        register(&t, "t1", "10.0.0.1");
+        let attributes = BTreeMap::from([("grpc_config".to_string(), "{}".to_string())]);
+        let req =
+            UpdateServiceAttributesRequest { service_id: Some(t.clone()), attributes: Some(attributes) };
+        r.update_service_attributes(req).unwrap();
+        create("ns", "empty");
+        let other = CreateNamespaceRequest { name: Some("other".into()), ..Default::default() };
+        r.create_namespace(NamespaceKind::Http, other).unwrap();
+        register(&create("other", "s"), "o", "10.1.0.1");
+
+        let read = r.namespace_contents("ns", "grpc_config").unwrap();
+        let names: Vec<&str> = read.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["s", "t", "empty"], "every service, oldest first");
+        for c in &read {
+            let one = r.instances_of("ns", &c.name).unwrap();
+            assert_eq!(c.output.instances, one.instances, "{}", c.name);
+            assert_eq!(c.output.revision, one.revision, "{}", c.name);
+            assert_eq!(c.attribute, r.service_attribute("ns", &c.name, "grpc_config").unwrap(), "{}", c.name);
+        }
+        assert_eq!(read[0].output.instances[0].health_status, "UNHEALTHY", "health as of now");
+        let ids: Vec<&str> = read[1].output.instances.iter().map(|i| i.instance_id.as_str()).collect();
+        assert_eq!(ids, ["t2", "t1"], "in the order registered");
+        assert_eq!(read[1].attribute.as_deref(), Some("{}"));
+        assert!(read[2].output.instances.is_empty());
+        assert!(matches!(
+            r.namespace_contents("nope", "grpc_config"),
+            Err(RegistryError::NamespaceNotFound(_))
+        ));
     }
 
     #[test]

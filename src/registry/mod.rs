@@ -30,7 +30,7 @@ use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
 
 pub use error::{RegistryError, Result};
 pub use ids::Identity;
-pub use instances::{DiscoverOutput, HealthFilter};
+pub use instances::{DiscoverOutput, HealthFilter, ServiceContents};
 pub use namespaces::NamespaceKind;
 pub use store::StoreError;
 
@@ -99,7 +99,13 @@ struct Inner {
     /// Called with each change after its commit and before the write returns, so a reader that
     /// marks its copy outdated here never serves it after the writer was answered.
     observers: std::sync::RwLock<Vec<Observer>>,
+    /// Turns on the blocking pool (`Registry::call`).
+    calls: tokio::sync::Semaphore,
 }
+
+/// Registry calls on the blocking pool at once: one holds the store's lock, the others are ready
+/// to take it in turn.
+const CALL_THREADS: usize = 4;
 
 pub type Observer = Box<dyn Fn(&Change) + Send + Sync>;
 
@@ -152,6 +158,7 @@ impl Registry {
                 health_changed: tokio::sync::Notify::new(),
                 changes: tokio::sync::broadcast::channel(4096).0,
                 observers: std::sync::RwLock::new(Vec::new()),
+                calls: tokio::sync::Semaphore::new(CALL_THREADS),
             }),
         })
     }
@@ -161,11 +168,19 @@ impl Registry {
     }
 
     /// Runs a registry operation on the blocking pool, so SQLite's fsync never stalls the runtime.
+    /// At most `CALL_THREADS` at a time: they take one lock in turn, so a burst of calls beyond
+    /// that would only add threads waiting for it (1,000 at once grew the pool to 512).
     pub async fn call<T, F>(&self, op: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&Registry) -> Result<T> + Send + 'static,
     {
+        let _turn = self
+            .inner
+            .calls
+            .acquire()
+            .await
+            .map_err(|e| RegistryError::Internal(format!("registry closed: {e}")))?;
         let registry = self.clone();
         match tokio::task::spawn_blocking(move || op(&registry)).await {
             Ok(result) => result,
@@ -295,4 +310,39 @@ pub(crate) fn test_service(r: &Registry, custom_health: Option<shapes::HealthChe
         })
         .unwrap();
     created["Service"]["Id"].as_str().unwrap().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_calls_runs_a_few_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Registry::open(dir.path(), RegistrySettings::default()).unwrap();
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let calls: Vec<_> = (0..200)
+            .map(|_| {
+                let (r, running, most) = (r.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    r.call(move |registry| {
+                        most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(1));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        registry.namespace_names()
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        // Unbounded, the blocking pool ran as many as were asked for, on a thread each.
+        let most = most.load(Ordering::SeqCst);
+        assert!(most <= CALL_THREADS, "{most} calls ran at once");
+    }
 }
