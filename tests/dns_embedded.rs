@@ -466,6 +466,47 @@ async fn a_start_loads_every_service_before_it_is_ready() {
 }
 
 #[tokio::test]
+async fn a_service_change_reads_that_service_alone() {
+    let server = Server::start(&[]);
+    let c = server.client();
+    let ns = common::http_namespace(&c, "many.test").await;
+    const SERVICES: usize = 30;
+    let mut ids = Vec::new();
+    for i in 0..SERVICES {
+        let svc = service(&c, &ns, &format!("s{i}"), false).await;
+        register(&c, &svc, "a", &[("AWS_INSTANCE_IPV4", &format!("10.9.1.{i}"))]).await;
+        ids.push(svc);
+    }
+    for i in 0..SERVICES {
+        assert_eq!(dns::a(&ask(&server, &format!("s{i}.many.test"), A)).len(), 1);
+    }
+    let reads = || -> f64 {
+        ["ok", "not_found"]
+            .iter()
+            .map(|outcome| {
+                let labels = [("operation", "DiscoverInstances"), ("outcome", outcome)];
+                server.metric("cloudmap_dns_backend_requests_total", &labels)
+            })
+            .sum()
+    };
+    let before = reads();
+    // A new service, and one deleted: each is read again, none of the 29 others.
+    let late = service(&c, &ns, "late", false).await;
+    register(&c, &late, "l", &[("AWS_INSTANCE_IPV4", "10.9.2.1")]).await;
+    common::until(Duration::from_secs(2), || dns::a(&ask(&server, "late.many.test", A)).len() == 1).await;
+    c.deregister_instance().service_id(&ids[0]).instance_id("a").send().await.unwrap();
+    c.delete_service().id(&ids[0]).send().await.unwrap();
+    common::until(Duration::from_secs(2), || {
+        rcode(&ask(&server, "s0.many.test", A)) == ResponseCode::NXDomain
+    })
+    .await;
+    assert_eq!(dns::a(&ask(&server, "s1.many.test", A)), ["10.9.1.1".parse::<Ipv4Addr>().unwrap()]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let spent = reads() - before;
+    assert!(spent <= 4.0, "{spent} service reads for two services' changes");
+}
+
+#[tokio::test]
 async fn changes_show_within_milliseconds() {
     let server = Server::start(&[]);
     let c = server.client();

@@ -114,8 +114,8 @@ pub type Observer = Box<dyn Fn(&Change) + Send + Sync>;
 pub enum Change {
     /// A namespace was created, updated or deleted.
     Namespaces,
-    /// A service was created, updated or deleted in the namespace with this HttpName.
-    Services { namespace: String },
+    /// A service was created, updated or deleted: the HttpName of its namespace, and its name.
+    Services { namespace: String, service: String },
     /// A service's instances, their health, or its attributes changed.
     Instances { namespace: String, service: String },
 }

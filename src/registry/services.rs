@@ -343,7 +343,10 @@ impl Registry {
             )?;
             tags::put(tx, &arn, &new_tags)?;
             operations::remember(tx, "service", token.as_deref(), &fingerprint, None, Some(&id))?;
-            ctx.changed(super::Change::Services { namespace: ns.shape.properties.http_properties.http_name.clone() });
+            ctx.changed(super::Change::Services {
+                namespace: ns.shape.properties.http_properties.http_name.clone(),
+                service: name.clone(),
+            });
             let svc = load(tx, ctx, &id)?;
             Ok(json!({ "Service": svc.shape }))
         })
@@ -449,7 +452,10 @@ impl Registry {
                 "UPDATE services SET description = ?1, dns_config = ?2, health_check_config = ?3 WHERE id = ?4",
                 params![description, to_json_col(&dns_config), to_json_col(&hc), svc.id()],
             )?;
-            ctx.changed(super::Change::Services { namespace: ns.shape.properties.http_properties.http_name.clone() });
+            ctx.changed(super::Change::Services {
+                namespace: ns.shape.properties.http_properties.http_name.clone(),
+                service: svc.shape.name.clone(),
+            });
             let op = operations::record(tx, ctx, operations::UPDATE_SERVICE, Targets { service: Some(svc.id()), namespace: Some(&svc.namespace_id), ..Default::default() })?;
             Ok(json!({ "OperationId": op }))
         })
@@ -473,6 +479,7 @@ impl Registry {
             let ns = namespaces::load(tx, ctx, &svc.namespace_id)?;
             ctx.changed(super::Change::Services {
                 namespace: ns.shape.properties.http_properties.http_name.clone(),
+                service: svc.shape.name.clone(),
             });
             Ok(json!({}))
         })
