@@ -95,6 +95,19 @@ fn load_all(conn: &Connection, ctx: &Ctx, service_id: &str) -> Result<Vec<Instan
     Ok(rows)
 }
 
+/// Every instance of a service as DiscoverInstances returns it, for in-process readers.
+fn summaries(rows: Vec<InstanceRow>, namespace: &str, service: &str) -> Vec<HttpInstanceSummary> {
+    rows.into_iter()
+        .map(|i| HttpInstanceSummary {
+            instance_id: i.id,
+            namespace_name: namespace.to_string(),
+            service_name: service.to_string(),
+            health_status: i.health,
+            attributes: i.attributes,
+        })
+        .collect()
+}
+
 fn load_one(conn: &Connection, ctx: &Ctx, svc: &ServiceRow, instance_id: &str) -> Result<InstanceRow> {
     conn.query_row(
         &format!("SELECT *, {EFFECTIVE_HEALTH} AS effective_health FROM instances WHERE service_id = ?2 AND id = ?3"),
@@ -564,16 +577,7 @@ impl Registry {
         self.read(|conn, ctx| {
             let ns = namespaces::load_by_http_name(conn, ctx, namespace)?;
             let svc = services::load_by_name(conn, ctx, &ns, service)?;
-            let instances = load_all(conn, ctx, svc.id())?
-                .into_iter()
-                .map(|i| HttpInstanceSummary {
-                    instance_id: i.id,
-                    namespace_name: namespace.to_string(),
-                    service_name: svc.shape.name.clone(),
-                    health_status: i.health,
-                    attributes: i.attributes,
-                })
-                .collect();
+            let instances = summaries(load_all(conn, ctx, svc.id())?, namespace, &svc.shape.name);
             Ok(DiscoverOutput { instances, revision: svc.revision })
         })
     }
@@ -610,18 +614,7 @@ impl Registry {
             Ok(services
                 .into_iter()
                 .map(|(id, name, revision)| {
-                    let instances = instances
-                        .remove(&id)
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|i| HttpInstanceSummary {
-                            instance_id: i.id,
-                            namespace_name: namespace.to_string(),
-                            service_name: name.clone(),
-                            health_status: i.health,
-                            attributes: i.attributes,
-                        })
-                        .collect();
+                    let instances = summaries(instances.remove(&id).unwrap_or_default(), namespace, &name);
                     ServiceContents {
                         attribute: attributes.remove(&id),
                         output: DiscoverOutput { instances, revision },
